@@ -1,0 +1,62 @@
+"""Importing mlprod (and running a light command) loads neither TensorFlow nor any Google Cloud library."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras", "google.cloud", "gcsfs")
+
+# Site start-up may already hold empty namespace packages (google_cloud_*-nspkg.pth creates `google.cloud`), so
+# what counts is what importing mlprod adds.
+LOADED = """
+import json, sys
+before = set(sys.modules)
+def heavy(): return sorted(m for m in set(sys.modules) - before if any(m == h or m.startswith(h + ".") for h in {heavy!r}))
+"""
+
+
+def python(code: str, cwd=None) -> dict:
+    "Run `code` in a fresh interpreter; it prints one JSON line last."
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    r = subprocess.run([sys.executable, "-c", LOADED.format(heavy=HEAVY) + code], capture_output=True, text=True,
+                       env=env, cwd=cwd, timeout=110)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_importing_mlprod_loads_no_heavy_library():
+    got = python("""
+import importlib.util
+import mlprod, mlprod.errors, mlprod.spec, mlprod.data, mlprod.cli
+optional = [m for m in ("mlprod.transforms",) if importlib.util.find_spec(m)]
+for m in optional: __import__(m)
+print(json.dumps({"heavy": heavy(), "optional": optional}))
+""")
+    assert got["heavy"] == [], got
+
+
+def test_the_cli_module_alone_stays_light():
+    got = python("""
+import mlprod.cli
+print(json.dumps({"heavy": heavy(), "pandas": "pandas" in sys.modules, "numpy": "numpy" in sys.modules}))
+""")
+    assert got == {"heavy": [], "pandas": False, "numpy": False}
+
+
+def test_spec_infer_and_demo_load_no_heavy_library(tmp_path):
+    got = python("""
+import contextlib, io
+import mlprod.cli
+from mlprod.data import make_city_trips
+make_city_trips(300).to_csv("trips.csv", index=False)
+with contextlib.redirect_stdout(io.StringIO()):
+    status = [mlprod.cli.main(["spec", "infer", "trips.csv", "--target", "duration_min"]),
+              mlprod.cli.main(["demo", "--example", "penguins"])]
+print(json.dumps({"heavy": heavy(), "status": status}))
+""", cwd=tmp_path)
+    assert got == {"heavy": [], "status": [0, 0]}
