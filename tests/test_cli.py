@@ -122,7 +122,7 @@ def test_usage_errors_exit_2(deliveries, tmp_path):
 
 
 def test_demo_flights_writes_a_spec_with_its_lookup_table(tmp_path):
-    r = mlprod("demo", "--example", "flights", "--rows", "2000", "-o", tmp_path / "demo", cwd=tmp_path)
+    r = mlprod("demo", "--example", "flights", "--rows", "2000", "-o", tmp_path / "demo", "--until", "write", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "== 4/5 transform ==" in r.stdout and "route_km" in r.stdout
     spec = FeatureSpec.load(tmp_path / "demo" / "flights.spec.yaml")

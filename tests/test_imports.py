@@ -56,7 +56,7 @@ from mlprod.data import make_city_trips
 make_city_trips(300).to_csv("trips.csv", index=False)
 with contextlib.redirect_stdout(io.StringIO()):
     status = [mlprod.cli.main(["spec", "infer", "trips.csv", "--target", "duration_min"]),
-              mlprod.cli.main(["demo", "--example", "penguins"])]
+              mlprod.cli.main(["demo", "--example", "penguins", "--until", "transform"])]
 print(json.dumps({"heavy": heavy(), "status": status}))
 """, cwd=tmp_path)
     assert got == {"heavy": [], "status": [0, 0]}

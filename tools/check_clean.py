@@ -59,6 +59,18 @@ def is_generated(path):
         return any(line.startswith(GENERATED) for _, line in zip(range(5), f))
 
 
+def copy_jobs(root):
+    "The export step's second half: job notebooks are package data, so `mlprod train` works from a wheel."
+    dest = root / LIB / "jobs"
+    if dest.is_dir():
+        shutil.rmtree(dest)
+    jobs = sorted((root / "nbs" / "jobs").glob("*.ipynb"))
+    if jobs:
+        dest.mkdir(parents=True)
+        for nb in jobs:
+            shutil.copy2(nb, dest / nb.name)
+
+
 def check_notebooks_parse():
     "nbdev_clean only warns on a notebook it cannot read, without naming it: name it here."
     bad = []
@@ -88,12 +100,13 @@ def main():
                 path.unlink()
 
         run("nbdev_export", tmp)
+        copy_jobs(tmp)
         changed = differences(tree(ROOT / LIB), tree(tmp / LIB))
         if changed:
             failures.append(
                 f"{LIB}/ is not what nbdev_export makes of nbs/ (+ missing, - no notebook exports it, M differs):\n"
                 + "\n".join(f"  {c}" for c in changed)
-                + f"\nFix: run `nbdev_export` (delete the `-` files), then commit {LIB}/. "
+                + f"\nFix: run `python tools/export.py` (nbdev_export + the job notebooks), then commit {LIB}/. "
                   f"Never edit {LIB}/*.py by hand: edit the notebook.")
 
         run("nbdev_clean", tmp)
