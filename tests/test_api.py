@@ -212,11 +212,22 @@ def post(server, body=None, headers=None, **kw):
     return requests.post(server.url + "/v1/predict", json=body, headers=headers, timeout=10, **kw)
 
 
+# The statuses INTERFACES.md fixes, written out here so that a change to the table itself fails a test.
+STATUS = {"ok": 200, "malformed_json": 400, "missing_token": 401, "invalid_token": 401, "token_expired": 401,
+          "forbidden": 403, "not_found": 404, "method_not_allowed": 405, "payload_too_large": 413,
+          "unsupported_media_type": 415, "invalid_input": 422, "model_not_ready": 503, "model_unavailable": 503,
+          "internal_error": 500}
+
+
+def test_the_error_table_is_the_documented_one():
+    assert {c: row.http_status for c, row in ENVELOPE_CODES.items()} == STATUS
+
+
 def check_envelope(r, code):
-    "The answer is the envelope with `code` and the table's status, as JSON."
+    "The answer is the envelope with `code` and its documented status, as JSON."
     assert r.headers["Content-Type"].startswith("application/json"), r.text[:200]
     body = r.json()
-    assert (r.status_code, body["code"]) == (ENVELOPE_CODES[code].http_status, code), body
+    assert (r.status_code, body["code"]) == (STATUS[code], code), body
     assert set(body) >= {"success", "code", "message", "errors", "model", "request_id"}
     assert body["success"] is (code == "ok")
     assert "Traceback" not in r.text and "<html" not in r.text.lower()

@@ -29,7 +29,7 @@ def test_dockerfile_passes_hadolint(tmp_path):
 def test_dockerfile_takes_its_base_and_binds_port():
     text = (ROOT / "Dockerfile").read_text()
     assert "ARG BASE=" in text and "FROM ${BASE}" in text
-    assert "--host 0.0.0.0" in text and '"$PORT"' in text
+    assert "--host 0.0.0.0" in text and '--port \\"$PORT' in text
     assert "USER 10001" in text
 
 

@@ -77,6 +77,10 @@ def test_job_trains_all_four_families_and_writes_a_complete_bundle(city_bundle):
         assert f in manifest["hashes"], f
     ts = pd.read_parquet(path / "testset.parquet")
     assert {"expected_value", "expected_lower", "expected_upper", "expected_confidence"} <= set(ts.columns)
+    # no spec_uri: the job writes the spec it inferred beside the bundle, loadable on its own
+    from mlprod.spec import FeatureSpec
+    written = FeatureSpec.load(str(path.with_name("job.spec.yaml")))
+    assert written.target.name == "duration_min" and written.location
     assert len(ts) + m["testset"]["left_out"] == m["rows"]["test"]
 
 
