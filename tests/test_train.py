@@ -157,7 +157,7 @@ def test_bad_training_data_fails_fast_with_one_line(tmp_path, make, code):
 
 def test_failing_cell_exits_1_with_its_error(tmp_path):
     "A cell that raises inside the job: `JobFailed` (exit 1) naming the cell and its error; no bundle is left."
-    from mlprod.cli import run_train_job, JobFailed, main
+    from mlprod.cli_train import run_train_job, JobFailed
     from mlprod.errors import exit_status
     with pytest.raises(JobFailed) as info:
         run_train_job(dict(data_uri=str(tmp_path / "gone.csv"), target="y", time_budget=5), str(tmp_path / "m.bundle"))
