@@ -1,6 +1,6 @@
 """The exploration report end to end: messy data, the HTML file itself, the CLI, and a real browser.
 
-The notebook nbs/03_explore.ipynb tests the pieces; these tests need files, subprocesses or Chromium.
+The notebooks nbs/03_profile, 03a_plots, 03b_suggest and 03c_explore test the pieces; these tests need files, subprocesses or Chromium.
 """
 import base64
 import io
