@@ -19,7 +19,8 @@ import pandas as pd
 
 from .errors import UsageError, require
 from .spec import FeatureSpec
-from .profile import Profile, feature_power, profile, sample_rows
+from .signals import feature_power
+from .profile import Profile, profile, sample_rows
 from .plots import (axis_label, message_figure, plot_correlation, plot_distributions, plot_feature_target,
                           plot_location, plot_missing, plot_pairplot, plot_target, sample_note, unit_of)
 from .suggest import Suggestion, Suggestions, apply_suggestions, suggest

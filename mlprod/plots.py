@@ -15,8 +15,8 @@ import pandas as pd
 
 from .errors import UsageError, require
 from .spec import FeatureSpec
-from .profile import (NUMERIC_KINDS, Profile, feature_power, sample_rows, _as_datetime, _as_float, _as_label,
-                            _dtype_kind, _fmt, _guess_task)
+from .signals import feature_power, _as_datetime, _as_float, _labels
+from .profile import NUMERIC_KINDS, Profile, sample_rows, _dtype_kind, _fmt, _guess_task
 
 # %% auto #0
 __all__ = ['sample_note', 'unit_of', 'axis_label', 'message_figure', 'plot_target', 'plot_missing', 'plot_correlation',
@@ -173,7 +173,7 @@ def plot_target(df: pd.DataFrame, target: str, spec: FeatureSpec | None = None, 
     head = f"Target {target} — {task or 'unknown task'}, {_rows(n)}" + (f", {miss:,} without a value" if miss else "")
     if miss == n: return message_figure(head, f"The target '{target}' has no values.")
     if task == "classification":
-        counts = _as_label(y).value_counts()
+        counts = _labels(y).value_counts()
         shown = counts.head(25)
         fig = _figure(8, 1.2 + 0.32 * len(shown), head, f"{len(counts) - 25} more classes not shown" if len(counts) > 25 else None)
         ax = _subplots(fig)[0, 0]
@@ -253,7 +253,7 @@ def plot_correlation(df: pd.DataFrame, target: str | None = None, spec: FeatureS
 def _hue(y: pd.Series, task: str | None, max_classes: int = 8) -> tuple:
     "A categorical column to colour by, its order, and how it was made."
     if task == "classification":
-        lab = _as_label(y)
+        lab = _labels(y)
         top = list(lab.value_counts().index[:max_classes])
         other = ~lab.isin(top) & lab.notna()
         order = sorted(top) + (["other"] if other.any() else [])
@@ -399,7 +399,7 @@ def plot_feature_target(df: pd.DataFrame, target: str, spec: FeatureSpec | None 
     axes = _subplots(fig, nrows, min(ncols, len(cols)))
     ylab = axis_label(target, spec, units)
     if task == "classification":
-        yl = _as_label(smp[target])
+        yl = _labels(smp[target])
         classes = list(yl.value_counts().index[:8])
     else: yv = _as_float(smp[target])
     power = profile.power if profile is not None else pd.Series(dtype=float)
@@ -420,7 +420,7 @@ def plot_feature_target(df: pd.DataFrame, target: str, spec: FeatureSpec | None 
             _panel_datetime(ax, _as_datetime(s), yv if task == "regression" else yl.to_numpy(), task, classes if task != "regression" else None)
             ax.set_xlabel(xlab); ax.set_ylabel(f"median {ylab}" if task == "regression" else f"share of each {target} (%)")
         else:
-            lab = _as_label(s.astype("Int64") if codes else s).fillna("(missing)")
+            lab = _labels(s.astype("Int64") if codes else s).fillna("(missing)")
             if task == "regression": _panel_category_regression(ax, lab, yv, by_value=codes); ax.set_xlabel(ylab)
             else: _panel_category_class(ax, lab, yl.to_numpy(), classes); ax.set_xlabel(f"share of each {target} (%)")
             ax.set_ylabel(xlab)
@@ -492,7 +492,7 @@ def plot_location(df: pd.DataFrame, target: str | None = None, spec: FeatureSpec
             sc = ax.scatter(x_[ok], y_[ok], c=v[ok], s=5, alpha=0.6, cmap="viridis", vmin=lo_, vmax=hi_, linewidths=0)
             fig.colorbar(sc, ax=ax, label=axis_label(target, spec, units), shrink=0.85)
         else:
-            lab = _as_label(smp[target])
+            lab = _labels(smp[target])
             classes = list(lab.value_counts().index[:8])
             colors = sns.color_palette("tab10", len(classes))
             for k, col in zip(classes, colors):
