@@ -70,7 +70,7 @@ class _Progress:
 def _png(fig, dpi: int = 96) -> str:
     "The figure as a base64 PNG."
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, facecolor="white", bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white") # the layout engines fit the figures already
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 # %% ../nbs/03c_explore.ipynb #1acfbafd
@@ -185,7 +185,7 @@ def explore_report(df: pd.DataFrame, # the data
         has_target = target is not None and df[target].notna().any()
         if has_target: draw("target", "target", plot_target, df, target, units=units, **ctx)
         else: bar.step("target")
-        draw("missing", "missing values", plot_missing, df)
+        draw("missing", "missing values", plot_missing, df, profile=prof)
         draw("correlation", "correlations", plot_correlation, df, target, sample=sample, **ctx)
         draw("pairplot", "pairplot", plot_pairplot, df, target, sample=min(sample, 5_000), units=units, **ctx)
         if has_target: draw("features", "features against the target", plot_feature_target, df, target, sample=sample, units=units, **ctx)

@@ -111,10 +111,13 @@ def _hist(ax, x: np.ndarray, bins: int = 40, color: str = _ACCENT) -> int:
     trim = _far_range(x)
     out = 0
     if trim is not None: x, out = x[(x >= trim[0]) & (x <= trim[1])], trim[2]
-    if len(x) and np.all(np.mod(x, 1) == 0) and 0 < x.max() - x.min() <= 5_000: # whole numbers: aligned bins
+    width = 0
+    if len(x) and 0 < x.max() - x.min() <= 5_000 and np.all(np.mod(x, 1) == 0): # whole numbers: aligned bins
         width = max(1, math.ceil((x.max() - x.min() + 1) / 50))
-        ax.hist(x, bins=np.arange(x.min() - 0.5, x.max() + width + 0.5, width), color=color, alpha=0.85, rwidth=0.9 if width == 1 else 1)
-    else: ax.hist(x, bins=bins, color=color, alpha=0.85)
+        bins = np.arange(x.min() - 0.5, x.max() + width + 0.5, width)
+    counts, edges = np.histogram(x, bins=bins)
+    if width == 1: ax.bar(edges[:-1] + 0.5, counts, width=0.9, color=color, alpha=0.85) # a bar per value
+    else: ax.stairs(counts, edges, fill=True, color=color, alpha=0.85) # one shape, not a patch per bin: fast to draw
     return out
 
 def _outside(n: int) -> str: return f"\n({n:,} far outlier{'s' if n != 1 else ''} beyond the axis)" if n else ""
@@ -150,6 +153,10 @@ def _context(df, target, spec, profile):
         task = spec.task if spec is not None and spec.target.name == target else _guess_task(df[target])
     return task, kinds, spec
 
+def _total(df: pd.DataFrame, profile) -> int:
+    "Rows of the data: the profile's count (the frame may be a sample of them), else the frame's."
+    return profile.n_rows if profile is not None else len(df)
+
 def _usable(df, target, spec, profile, kinds, want, skip=("empty", "constant", "id_like", "duplicate")) -> list:
     "Columns of the wanted kinds that are not the target, not dropped by the spec and not flagged with `skip`."
     bad = set(profile.flagged(*skip)) if profile is not None else set()
@@ -169,11 +176,12 @@ def plot_target(df: pd.DataFrame, target: str, spec: FeatureSpec | None = None, 
     "The target's distribution: a histogram (regression) or the count of each class (classification)."
     task, kinds, spec = _context(df, target, spec, profile)
     y = df[target]
-    n, miss = len(y), int(y.isna().sum())
+    mine = profile is not None and profile.target == target # the profile counted every row
+    n, miss = (profile.n_rows, int(profile.table.loc[target, "missing"])) if mine else (len(y), int(y.isna().sum()))
     head = f"Target {target} — {task or 'unknown task'}, {_rows(n)}" + (f", {miss:,} without a value" if miss else "")
     if miss == n: return message_figure(head, f"The target '{target}' has no values.")
     if task == "classification":
-        counts = _labels(y).value_counts()
+        counts = profile.classes if mine and profile.classes is not None else _labels(y).value_counts()
         shown = counts.head(25)
         fig = _figure(8, 1.2 + 0.32 * len(shown), head, f"{len(counts) - 25} more classes not shown" if len(counts) > 25 else None)
         ax = _subplots(fig)[0, 0]
@@ -187,7 +195,7 @@ def plot_target(df: pd.DataFrame, target: str, spec: FeatureSpec | None = None, 
     x = _as_float(y)
     x = x[np.isfinite(x)]
     skewed = len(x) > 2 and x.min() >= 0 and x.std() > 0 and pd.Series(x).skew() > 1
-    fig = _figure(11 if skewed else 7, 3.6, head)
+    fig = _figure(11 if skewed else 7, 3.6, head, sample_note(len(y), n))
     axes = _subplots(fig, 1, 2 if skewed else 1)[0]
     for ax, vals, lab in zip(axes, [x, np.log1p(x)] if skewed else [x], [axis_label(target, spec, units), f"log(1 + {target})"]):
         out = _hist(ax, vals, bins=min(60, max(5, int(np.sqrt(len(vals))))))
@@ -197,17 +205,18 @@ def plot_target(df: pd.DataFrame, target: str, spec: FeatureSpec | None = None, 
 
 # %% ../nbs/03a_plots.ipynb #d4dc4e88
 @_plot
-def plot_missing(df: pd.DataFrame, *, max_columns: int = 40):
+def plot_missing(df: pd.DataFrame, *, profile: Profile | None = None, max_columns: int = 40):
     "A bar per column with missing values: the share of rows without a value, and how many rows that is."
-    miss = df.isna().sum()
+    n = _total(df, profile)
+    miss = profile.table["missing"] if profile is not None else df.isna().sum()
     miss = miss[miss > 0].sort_values(ascending=False)
-    title = f"Missing values — {_rows(len(df))} × {len(df.columns):,} column{'s' if len(df.columns) != 1 else ''}"
+    title = f"Missing values — {_rows(n)} × {len(df.columns):,} column{'s' if len(df.columns) != 1 else ''}"
     if miss.empty: return message_figure(title, f"No missing values in any of the {len(df.columns):,} columns.")
     shown = miss.head(max_columns)
     more = f"{len(miss) - max_columns} more columns with missing values not shown" if len(miss) > max_columns else None
     fig = _figure(8, 1.3 + 0.3 * len(shown), title, more)
     ax = _subplots(fig)[0, 0]
-    pct = 100 * shown / len(df)
+    pct = 100 * shown / n
     ax.barh([str(c) for c in shown.index[::-1]], pct.values[::-1], color=[_WARN if p >= 50 else _ACCENT for p in pct.values[::-1]])
     for i, (p, k) in enumerate(zip(pct.values[::-1], shown.values[::-1])):
         ax.text(min(p, 100), i, f"  {p:.1f}% ({k:,})", va="center", fontsize=9)
@@ -235,7 +244,7 @@ def plot_correlation(df: pd.DataFrame, target: str | None = None, spec: FeatureS
         return message_figure(title, "Not enough numeric data: a correlation needs two numeric columns with at least three rows.")
     k = num.shape[1]
     side = max(4.5, 0.42 * k + 2.2)
-    fig = _figure(2 * side + 0.6, side, title, sample_note(len(smp), len(df)))
+    fig = _figure(2 * side + 0.6, side, title, sample_note(len(smp), _total(df, profile)))
     axes = _subplots(fig, 1, 2)[0]
     for i, (ax, method, what) in enumerate(zip(axes, ("pearson", "spearman"), ("linear", "rank"))):
         corr = num.corr(method=method, min_periods=3)
@@ -296,14 +305,20 @@ def plot_pairplot(df: pd.DataFrame, target: str | None = None, spec: FeatureSpec
         kw = dict(hue=name, hue_order=order, palette="viridis" if how == "quartiles" else "tab10")
         title += f", coloured by {target}" + (" quartiles" if how == "quartiles" else "")
     with mpl.rc_context(_STYLE | {"axes.grid": False}):
-        g = sns.pairplot(data, vars=list(data.columns[:len(cols)]), corner=True, diag_kind="hist", height=2.1,
-                         plot_kws={"s": 7, "alpha": 0.45, "linewidth": 0}, diag_kws={"bins": 30}, **kw)
+        # seaborn's PairGrid, mapped as `pairplot` does, with a legend of our own: `pairplot` draws the whole figure
+        # once more only to measure its legend
+        g = sns.PairGrid(data, vars=list(data.columns[:len(cols)]), corner=True, height=2.1, diag_sharey=False, **kw)
+        g.map_diag(sns.histplot, bins=30, element="step", legend=False)
+        g.map_lower(sns.scatterplot, s=7, alpha=0.45, linewidth=0, legend=False)
         fig = g.figure
         fig.suptitle(title, y=1.0)
-        note = "; ".join(n for n in (sample_note(len(smp), len(df)),
+        note = "; ".join(n for n in (sample_note(len(smp), _total(df, profile)),
                                      f"{trimmed:,} far outliers (beyond 3 × IQR) left out" if trimmed else None) if n)
         if note: fig.text(0.99, 0.005, note, ha="right", va="bottom", fontsize=9, color="dimgray")
-        if g.legend is not None: sns.move_legend(g, "upper right", bbox_to_anchor=(0.98, 0.93), frameon=False)
+        if hue is not None:
+            from matplotlib.lines import Line2D
+            marks = [Line2D([], [], marker="o", ls="", ms=6, color=c) for c in sns.color_palette(kw["palette"], len(order))]
+            fig.legend(marks, order, title=kw["hue"], loc="upper right", bbox_to_anchor=(0.98, 0.93), frameon=False)
         fig.tight_layout(rect=(0, 0.02, 1, 0.98))
     return fig
 
@@ -395,7 +410,7 @@ def plot_feature_target(df: pd.DataFrame, target: str, spec: FeatureSpec | None 
     smp = smp[smp[target].notna()]
     nrows = math.ceil(len(cols) / ncols)
     fig = _figure(4.6 * min(ncols, len(cols)), 3.4 * nrows + 0.4, title + (" (most informative first)" if target else ""),
-                  sample_note(len(smp), len(df)))
+                  sample_note(len(smp), _total(df, profile)))
     axes = _subplots(fig, nrows, min(ncols, len(cols)))
     ylab = axis_label(target, spec, units)
     if task == "classification":
@@ -444,7 +459,7 @@ def plot_distributions(df: pd.DataFrame, spec: FeatureSpec | None = None, *, pro
     if not cols: return message_figure(title, "No numeric feature.")
     smp = sample_rows(df, sample, target, task)
     nrows, nc = math.ceil(len(cols) / ncols), min(ncols, len(cols))
-    fig = _figure(3.6 * nc, 2.9 * nrows + 0.4, title, sample_note(len(smp), len(df)))
+    fig = _figure(3.6 * nc, 2.9 * nrows + 0.4, title, sample_note(len(smp), _total(df, profile)))
     axes = _subplots(fig, nrows, nc)
     for ax, c in zip(axes.flat, cols):
         x = _as_float(smp[c]); x = x[np.isfinite(x)]
@@ -456,7 +471,9 @@ def plot_distributions(df: pd.DataFrame, spec: FeatureSpec | None = None, *, pro
         for f in (q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)):
             if max(lo, x.min()) <= f <= min(hi, x.max()): ax.axvline(f, color=_WARN, ls="--", lw=1)
         out = int(((x < q1 - 1.5 * (q3 - q1)) | (x > q3 + 1.5 * (q3 - q1))).sum())
-        if out and out < 0.01 * len(x) and not far: ax.set_yscale("log")
+        if out and out < 0.01 * len(x) and not far:
+            ax.set_yscale("log")
+            ax.minorticks_off() # dozens of minor ticks per panel cost more to lay out than the histogram
         sk = pd.Series(x).skew() if len(x) > 2 and x.std() > 0 else np.nan
         ax.set_title(f"{c}" + (f" · skew {sk:.1f}" if not np.isnan(sk) else ""))
         ax.set_xlabel(axis_label(c, spec, units) + _outside(far))
@@ -475,7 +492,7 @@ def plot_location(df: pd.DataFrame, target: str | None = None, spec: FeatureSpec
     if not pairs: raise UsageError("No location to plot: the spec pairs no latitude with a longitude; pass lat= and lon=.")
     smp = sample_rows(df, sample, target, task)
     title = "Location" + (f", coloured by {target}" if target else "")
-    fig = _figure(5.6 * len(pairs) + (1.2 if task == "regression" else 0), 5.4, title, sample_note(len(smp), len(df)))
+    fig = _figure(5.6 * len(pairs) + (1.2 if task == "regression" else 0), 5.4, title, sample_note(len(smp), _total(df, profile)))
     axes = _subplots(fig, 1, len(pairs))[0]
     for ax, (la, lo) in zip(axes, pairs):
         y_, x_ = _as_float(smp[la]), _as_float(smp[lo])

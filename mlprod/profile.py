@@ -112,6 +112,7 @@ class Profile:
     spec: FeatureSpec | None = field(default=None, repr=False)
     duplicate_rows: int = 0
     memory_bytes: int | None = 0 # None when the engine cannot tell (Spark)
+    classes: pd.Series | None = field(default=None, repr=False) # classification: rows of each class, most first
 
     def flagged(self, *flags) -> list:
         "The columns carrying any of `flags` (all flagged columns when none is named)."
@@ -384,8 +385,8 @@ def profile_columns(cols, # the table: `PandasColumns`, or `mlprod.spark.SparkCo
     stats = cols.stats(kinds)
     task = spec.task if spec is not None else None
     if target is not None and task is None and stats[target]["missing"] < n: task = cols.task(target)
+    classes = cols.labels(target) if target is not None and task == "classification" else None
     if target is not None:
-        classes = cols.labels(target) if task == "classification" else None
         notes += _target_notes(target, task, n, stats[target]["missing"], classes)
     rows, flags = {}, []
     for c in cols.columns:
@@ -411,7 +412,7 @@ def profile_columns(cols, # the table: `PandasColumns`, or `mlprod.spark.SparkCo
     order, position = {f: i for i, f in enumerate(_FLAG_ORDER)}, {c: i for i, c in enumerate(cols.columns)}
     flags = sorted(set(flags), key=lambda f: (order.get(f[1], 99), position[f[0]]))
     return Profile(table, pd.DataFrame(flags, columns=["column", "flag", "reason"]), notes, n, target, task, spec,
-                   dup_rows, cols.memory_bytes)
+                   dup_rows, cols.memory_bytes, classes)
 
 _FLAG_ORDER = ["leak", "strong_predictor", "empty", "constant", "id_like", "duplicate", "mostly_missing", "mixed_types",
                "datetime", "high_cardinality", "dropped_by_spec"]
