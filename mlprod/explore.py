@@ -135,24 +135,22 @@ _CAPTIONS = {
     "location": "Each row at its coordinates, coloured by the target.",
 }
 
-def _cards(prof: Profile, df: pd.DataFrame) -> str:
-    miss = df.isna().to_numpy().mean() * 100 if df.size else 0
-    items = [(f"{prof.n_rows:,}", "rows"), (f"{len(df.columns):,}", "columns"), (f"{prof.duplicate_rows:,}", "duplicate rows"),
-             (f"{miss:.1f}%", "missing cells"), (f"{prof.memory_bytes / 2**20:,.1f} MiB", "in memory"),
+def _cards(prof: Profile) -> str:
+    miss = 100 * prof.table["missing"].sum() / (prof.n_rows * len(prof.table))
+    size = f"{prof.memory_bytes / 2**20:,.1f} MiB" if prof.memory_bytes is not None else "—"
+    items = [(f"{prof.n_rows:,}", "rows"), (f"{len(prof.table):,}", "columns"), (f"{prof.duplicate_rows:,}", "duplicate rows"),
+             (f"{miss:.1f}%", "missing cells"), (size, "in memory"),
              (prof.target or "—", f"target ({prof.task})" if prof.task else "target"), (f"{len(prof.flags):,}", "flags")]
     return '<div class="cards">' + "".join(f'<div class="card"><b>{html.escape(a)}</b><span>{html.escape(b)}</span></div>' for a, b in items) + "</div>"
 
-def _suggestions_html(sug: Suggestions | None, why_none: str | None) -> str:
+def _suggestions_html(sug: Suggestions | None, why_none: str | None, spec_path: str | None) -> str:
     if sug is None: return f"<p>{html.escape(why_none or 'No suggestions.')}</p>"
     if not len(sug): return "<p>No suggestions: the spec already says it all.</p>"
     frame = sug.frame
     frame.index.name = "#"
-    code = ("from mlprod.explore import profile, suggest, apply_suggestions\n"
-            "prof = profile(df, spec=spec)\nsug = suggest(prof)\n"
-            "spec = apply_suggestions(spec, sug)  # or accept=[0, 2, ...] with the row numbers you keep\n"
-            "spec.save(\"spec.yaml\", force=True)")
-    return (_table_html(frame, index=True) +
-            f"<p>Review them, then apply the ones you keep in one call:</p><pre><code>{html.escape(code)}</code></pre>")
+    where = f"the spec file {spec_path}" if spec_path else "the spec below (the program carries it) and writes spec.yaml"
+    return (_table_html(frame, index=True) + f"<p>Review them, then apply the ones you keep: this program changes {html.escape(where)}; "
+            f"delete the rows you do not want, or pass <code>accept</code>.</p><pre><code>{html.escape(sug.to_python(spec_path))}</code></pre>")
 
 # %% ../nbs/03c_explore.ipynb #d83cac48
 def explore_report(df: pd.DataFrame, # the data
@@ -164,6 +162,8 @@ def explore_report(df: pd.DataFrame, # the data
                    sample: int = 50_000, # rows drawn for the plots (the profile uses every row)
                    title: str | None = None, # the report's heading; "Exploration of <target>" by default
                    units: dict | None = None, # column -> unit for the axis labels, e.g. {"arr_delay": "min"}
+                   spec_path: str | None = None, # where the spec file is (or will be), for the program that applies the suggestions
+                   prof: Profile | None = None, # a profile made already: the Spark profile of all rows when `df` is its sample
                   ) -> str:
     "Write one self-contained HTML report (images embedded, no network needed) and return its path."
     path = Path(path)
@@ -173,7 +173,7 @@ def explore_report(df: pd.DataFrame, # the data
     bar = _Progress(steps, progress)
     try:
         bar.step("profile")
-        prof = profile(df, target, spec, sample=sample)
+        prof = prof if prof is not None else profile(df, target, spec, sample=sample)
         target, spec = prof.target, prof.spec
         notes, figs = list(prof.notes), {}
         def draw(key, label, fn, *a, **kw):
@@ -198,7 +198,7 @@ def explore_report(df: pd.DataFrame, # the data
         if spec is not None: sug = suggest(prof)
         else: why = "No suggestions: there is no spec to change. " + (" ".join(n for n in prof.notes if "spec" in n) or "Give a target or a spec.")
         bar.step("writing HTML")
-        text = _report_html(prof, df, figs, notes, sug, why, title, bar)
+        text = _report_html(prof, df, figs, notes, sug, why, title, bar, spec_path)
         tmp = path.with_name(f".explore-{os.getpid()}-{path.name}") # complete or absent: write, then rename
         try:
             tmp.write_text(text, encoding="utf-8")
@@ -209,7 +209,7 @@ def explore_report(df: pd.DataFrame, # the data
     if progress and not bar.tty: print(f"explore: wrote {path} in {total:.1f} s", file=bar.stream, flush=True)
     return str(path)
 
-def _report_html(prof: Profile, df: pd.DataFrame, figs: dict, notes: list, sug, why, title, bar) -> str:
+def _report_html(prof: Profile, df: pd.DataFrame, figs: dict, notes: list, sug, why, title, bar, spec_path) -> str:
     from mlprod import __version__
     title = title or (f"Exploration of {prof.target}" if prof.target else "Exploration")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -219,7 +219,7 @@ def _report_html(prof: Profile, df: pd.DataFrame, figs: dict, notes: list, sug, 
     out = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body><main>",
            f"<h1>{html.escape(title)}</h1><p class=\"sub\">{html.escape(prof.summary())} · generated {now} by mlprod {__version__}</p>",
-           f"<nav>{nav}</nav>", '<h2 id="overview">Overview</h2>', _cards(prof, df)]
+           f"<nav>{nav}</nav>", '<h2 id="overview">Overview</h2>', _cards(prof)]
     if notes: out.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     if len(prof.flags):
         out += ['<h2 id="flags">Flags</h2>', "<p>Columns that need a decision, and why.</p>", _table_html(prof.flags, flag_col="flag")]
@@ -231,7 +231,7 @@ def _report_html(prof: Profile, df: pd.DataFrame, figs: dict, notes: list, sug, 
         if key in figs:
             b64, label = figs[key]
             out += [f'<h2 id="{key}">{html.escape(name)}</h2>', _figure_html(b64, f"{name} plot", _CAPTIONS.get(key, ""))]
-    out += ['<h2 id="suggestions">Suggestions</h2>', _suggestions_html(sug, why)]
+    out += ['<h2 id="suggestions">Suggestions</h2>', _suggestions_html(sug, why, spec_path)]
     if prof.spec is not None:
         out += ['<h2 id="spec">Spec</h2>', "<details><summary>The spec these suggestions apply to (YAML)</summary>",
                 f"<pre><code>{html.escape(prof.spec.to_yaml())}</code></pre></details>"]

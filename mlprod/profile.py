@@ -177,9 +177,12 @@ def _number_stats(x: np.ndarray) -> dict:
     if not len(x): return {"numbers": 0}
     q1, med, q3 = np.quantile(x, [0.25, 0.5, 0.75])
     iqr = q3 - q1
+    skew = float(pd.Series(x).skew()) if len(x) > 2 and x.std() > 0 else np.nan
+    log_skew = np.nan # the skew of log(1 + x): whether a log transform would make the column more symmetric
+    if skew > 0 and x.min() >= 0: log_skew = float(pd.Series(np.log1p(x)).skew())
     return {"numbers": len(x), "min": float(x.min()), "q1": float(q1), "median": float(med), "q3": float(q3),
             "max": float(x.max()), "outliers": int(((x < q1 - 1.5 * iqr) | (x > q3 + 1.5 * iqr)).sum()),
-            "skew": float(pd.Series(x).skew()) if len(x) > 2 and x.std() > 0 else np.nan}
+            "skew": skew, "log_skew": log_skew}
 
 def _date_stats(t: pd.Series) -> dict:
     "Range, median and whether a time of day is recorded, over the values that are dates; `dates` counts them."
@@ -213,6 +216,7 @@ def _column_row(name: str, kind: str, note: str | None, st: dict, n: int, role: 
     row = {"type": kind, "role": role, "missing": missing, "missing_pct": 100 * missing / n if n else np.nan,
            "unique": unique, "min": st.get("min"), "median": st.get("median"), "max": st.get("max"),
            "q1": st.get("q1", np.nan), "q3": st.get("q3", np.nan), "skew": st.get("skew", np.nan),
+           "log_skew": st.get("log_skew", np.nan),
            "outliers": st.get("outliers", np.nan), "top": None, "has_time": st.get("has_time")}
     if nonnull == 0: return row | {"type": "empty"}, [("empty", "all values are missing")]
     flags = [("mixed_types", note)] if note else []

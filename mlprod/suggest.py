@@ -52,6 +52,32 @@ class Suggestions:
     def __repr__(self):
         return self.frame.to_string() if self.items else "No suggestions."
 
+    def to_python(self, spec_path: str | None = None) -> str:
+        "A program that applies these suggestions to the spec file `spec_path` (or to `self.spec`, written out in full)."
+        items = "".join(f"    Suggestion({s.column!r}, {s.action!r}, {_literal(s.value)!r}, {s.reason!r}),\n" for s in self.items)
+        load = f"FeatureSpec.load({spec_path!r})" if spec_path else f"FeatureSpec.from_yaml({_text_literal(self.spec.to_yaml())})"
+        out = spec_path or "spec.yaml"
+        return ("from mlprod.explore import Suggestion, Suggestions, apply_suggestions\n"
+                "from mlprod.spec import FeatureSpec\n\n"
+                f"spec = {load}\n"
+                f"suggestions = Suggestions([\n{items}])\n"
+                "spec = apply_suggestions(spec, suggestions)  # or accept=[0, 2]: the row numbers you keep\n"
+                f"spec.save({out!r}{', force=True' if spec_path else ''})\n"
+                f"print(len(suggestions), 'suggestion(s) applied to', {out!r})\n")
+
+def _literal(v):
+    "`v` with numpy scalars as Python ones, so that its repr is Python source."
+    if isinstance(v, dict): return {k: _literal(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [_literal(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v
+
+def _text_literal(text: str) -> str:
+    "A Python string literal of `text`: a triple-quoted block when it can be one."
+    plain = "'''" not in text and "\\" not in text and not text.endswith("'")
+    return f"'''\\\n{text}'''" if plain else repr(text)
+
+
+# %% ../nbs/03b_suggest.ipynb #2d73242a
 _DROP_FLAGS = {"empty": "all values are missing", "constant": None, "id_like": None, "duplicate": None, "leak": None,
                "mostly_missing": None}
 
@@ -96,12 +122,17 @@ def suggest(profile_or_df: Profile | pd.DataFrame, # a `Profile`, or a frame to 
                 out.append(Suggestion(name, "parts", parts, _date_parts_reason(row, parts)))
     return Suggestions(out, spec)
 
+# %% ../nbs/03b_suggest.ipynb #60523d2b
 def _numeric_suggestions(name, f, row, skew) -> list:
     out, lo, hi, q1, q3 = [], row["min"], row["max"], row["q1"], row["q3"]
     codes = f.type == "integer" and row["unique"] <= 12 # a handful of counts or codes: a log changes little
-    log = not f.log and not codes and lo >= 0 and row["skew"] > skew and q3 > q1
+    # a log changes what a linear model or a network sees only when it makes the column markedly more symmetric:
+    # not for values far from 0 in a narrow range (log(1 + x) is then nearly a straight line)
+    log = (not f.log and not codes and lo >= 0 and row["skew"] > skew and q3 > q1
+           and abs(row["log_skew"]) <= min(1.0, row["skew"] / 2))
     if log:
-        out.append(Suggestion(name, "log", True, f"skew {row['skew']:.1f} and no negative value: log(1 + x) makes it more symmetric"))
+        out.append(Suggestion(name, "log", True, f"skew {row['skew']:.1f}, {row['log_skew']:.1f} after log(1 + x): linear models "
+                                                 "and networks see a more even spread (trees see no difference)"))
     if f.clip is None and not codes and row["outliers"] > 0 and q3 > q1:
         tq1, tq3 = (np.log1p(q1), np.log1p(q3)) if (log or f.log) else (q1, q3)
         a, b = tq1 - 3 * (tq3 - tq1), tq3 + 3 * (tq3 - tq1)
