@@ -1,6 +1,6 @@
 """The exploration report end to end: messy data, the HTML file itself, the CLI, and a real browser.
 
-The notebooks nbs/03_profile, 03a_plots, 03b_suggest and 03c_explore test the pieces; these tests need files, subprocesses or Chromium.
+The notebooks nbs/03_profile, 03a_plots, 03b_relations, 03c_suggest and 03d_explore test the pieces; these tests need files, subprocesses or Chromium.
 """
 import base64
 import html
@@ -220,12 +220,12 @@ def test_every_image_loads_in_headless_chromium(tmp_path):
 
 def test_importing_explore_is_cheap_and_chooses_no_backend():
     "matplotlib, seaborn and tqdm load with the first plot, never at import; no backend is forced."
-    code = ("import json, sys, mlprod.explore, mlprod.profile, mlprod.plots, mlprod.suggest; "
+    code = ("import json, sys, mlprod.explore, mlprod.profile, mlprod.plots, mlprod.relations, mlprod.suggest; "
             "print(json.dumps(sorted(m for m in ('matplotlib', 'matplotlib.pyplot', 'seaborn', 'tqdm', 'tensorflow') if m in sys.modules)))")
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
-    for name in ("profile", "plots", "suggest", "explore"): # the inline backend must stay possible
+    for name in ("profile", "plots", "relations", "suggest", "explore"): # the inline backend must stay possible
         src = Path(__file__).resolve().parents[1] / "mlprod" / f"{name}.py"
         assert not re.search(r"""\.use\(\s*["']agg""", src.read_text(), re.I), name
