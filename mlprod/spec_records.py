@@ -187,18 +187,26 @@ def validate_records(self: FeatureSpec, objs, unknown_fields: str = "reject") ->
 _JSON_TYPES = {"number": "number", "integer": "integer", "latitude": "number", "longitude": "number",
                "category": "string", "boolean": "boolean", "datetime": "string"}
 
+def _json_number(text: str):
+    "The number a category's text stands for (3 for '3'), or None: a client may send a code as a number."
+    try: v = float(text)
+    except ValueError: return None
+    if not math.isfinite(v): return None
+    return int(v) if v.is_integer() else v
+
 def _property(f: Feature) -> dict:
-    p = {"type": _JSON_TYPES[f.type]}
+    p = {"type": _JSON_TYPES[f.type] if f.type != "category" else ["string", "number"]}
     if f.numeric:
         lo, hi = COORDINATE_LIMITS.get(f.type, (None, None))
         lo, hi = f.min if f.min is not None else lo, f.max if f.max is not None else hi
         if lo is not None: p["minimum"] = lo
         if hi is not None: p["maximum"] = hi
         if f.expect is not None: p["x-expect"] = list(f.expect)
-    if f.type == "category" and f.categories and f.unknown == "reject": p["enum"] = list(f.categories)
+    if f.type == "category" and f.categories and f.unknown == "reject":
+        p["enum"] = list(f.categories) + [n for n in map(_json_number, f.categories) if n is not None]
     if f.type == "datetime": p["format"] = "date-time"
     if not f.required:
-        p["type"], p["default"] = [p["type"], "null"], f.default
+        p["type"], p["default"] = [*(p["type"] if isinstance(p["type"], list) else [p["type"]]), "null"], f.default
         if "enum" in p: p["enum"] = p["enum"] + [None]
     notes = [f.note] if f.note else []
     if f.expect is not None:
