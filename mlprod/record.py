@@ -102,7 +102,8 @@ def transform_one(plan: _Plan, record: dict) -> np.ndarray:
 # %% ../nbs/02b_record.ipynb #e311672c
 def check_state(state) -> dict:
     "The saved state of a fitted transformer, or a `SpecError` when it is not one this mlprod reads."
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or not {"names", "numeric", "categories", "lookups"} <= state.keys():
+    keys = {"names", "numeric", "categories", "lookups"}
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or not keys <= state.keys():
         raise SpecError("Unknown transform state format.", code="spec_invalid")
     return state
 

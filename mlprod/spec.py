@@ -15,7 +15,8 @@ import numpy as np
 
 from .errors import DataError, SpecError
 from .spec_records import (COORDINATE_LIMITS, FIELD_ERROR_CODES, FIELD_WARNING_CODES, FieldError, Validated,
-                                 ValidatedBatch, category_key, check_value, json_schema, validate_record, validate_records)
+                                 ValidatedBatch, category_key, check_value, json_schema, validate_record,
+                                 validate_records)
 
 # %% auto #0
 __all__ = ['FEATURE_TYPES', 'NUMERIC_TYPES', 'DATETIME_PARTS', 'SCALERS', 'IMPUTERS', 'TASKS', 'EARTH_RADIUS_KM', 'SPEC_VERSION',
@@ -50,6 +51,10 @@ def _is_label(v) -> bool:
     "A value a category, a class or a placeholder can be: text, a finite number or a boolean."
     return isinstance(v, (str, bool, np.bool_)) or _is_num(v)
 
+def _is_placeholders(v) -> bool:
+    "A list of values that can stand for 'missing': text or numbers."
+    return isinstance(v, list) and all(_is_label(x) and not isinstance(x, (bool, np.bool_)) for x in v)
+
 def _plain_scalar(v):
     "numpy scalars as Python values (YAML and JSON know only those)."
     return v.item() if isinstance(v, np.generic) else v
@@ -78,7 +83,8 @@ class Feature:
 
     def __post_init__(self):
         problems = self._problems()
-        if not any(p.split(":")[0] in ("name", "type", "min", "max", "categories", "unknown", "parts") for p in problems):
+        blocking = ("name", "type", "min", "max", "categories", "unknown", "parts")  # the default is checked with these
+        if not any(p.split(":")[0] in blocking for p in problems):
             if self.type == "datetime" and self.parts is None: self.parts = ["hour", "weekday", "month"]
             if self.categories is not None: self.categories = [category_key(c) for c in self.categories]
             self._allowed = frozenset(self.categories or ())
@@ -130,11 +136,13 @@ def _range_problems(f: Feature) -> list:
 
 def _category_problems(f: Feature) -> list:
     c = f.categories
-    if c is None: return ["categories: list them, or set unknown: encode"] if f.type == "category" and f.unknown == "reject" else []
+    unlisted = ["categories: list them, or set unknown: encode"]
+    if c is None: return unlisted if f.type == "category" and f.unknown == "reject" else []
     if f.type != "category": return ["categories: only category features have them"]
-    if not isinstance(c, list) or not all(map(_is_label, c)): return ["categories: must be a list of values (text or numbers)"]
+    if not isinstance(c, list) or not all(map(_is_label, c)):
+        return ["categories: must be a list of values (text or numbers)"]
     if len({category_key(v) for v in c}) < len(c): return ["categories: a value is listed twice"]
-    if not c and f.unknown == "reject": return ["categories: list them, or set unknown: encode"]
+    if not c and f.unknown == "reject": return unlisted
     return []
 
 def _feature_problems(f: Feature) -> list:
@@ -143,12 +151,12 @@ def _feature_problems(f: Feature) -> list:
     p = _bool_problems(f, ("required", "log", "keep")) + _range_problems(f) + _category_problems(f)
     if f.unknown not in ("reject", "encode"): p.append(f"unknown: must be reject or encode, not {f.unknown!r}")
     if f.scale not in SCALERS: p.append(f"scale: must be standard, minmax or empty, not {f.scale!r}")
-    if f.impute not in IMPUTERS: p.append(f"impute: must be median, mean, most_frequent, constant or empty, not {f.impute!r}")
+    if f.impute not in IMPUTERS:
+        p.append(f"impute: must be median, mean, most_frequent, constant or empty, not {f.impute!r}")
     if f.parts is not None and (f.type != "datetime" or not isinstance(f.parts, list) or not f.parts
                                 or not all(isinstance(x, str) and x in DATETIME_PARTS for x in f.parts)):
         p.append(f"parts: datetime features only, a list among {', '.join(DATETIME_PARTS)}")
-    if f.missing_values is not None and (not isinstance(f.missing_values, list)
-                                         or not all(_is_label(v) and not isinstance(v, (bool, np.bool_)) for v in f.missing_values)):
+    if f.missing_values is not None and not _is_placeholders(f.missing_values):
         p.append("missing_values: must be a list of values (text or numbers)")
     if f.note is not None and not isinstance(f.note, str): p.append("note: must be text")
     return p
@@ -243,18 +251,20 @@ class Derived:
     def __post_init__(self): _refuse(self._problems(), "derived")
 
     def _problems(self) -> list:
-        if self.kind not in _DERIVED_NEEDS: return [f"kind: must be one of {', '.join(_DERIVED_NEEDS)}, not {self.kind!r}"]
+        if self.kind not in _DERIVED_NEEDS:
+            return [f"kind: must be one of {', '.join(_DERIVED_NEEDS)}, not {self.kind!r}"]
         need = _DERIVED_NEEDS[self.kind]
         p = [f"{k}: a {self.kind} needs it" for k in need if getattr(self, k) in (None, {}, [], "")]
-        unused = [f.name for f in fields(self) if f.name not in (*need, "kind", "table_key", "source") and getattr(self, f.name) is not None]
+        given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        unused = [k for k in given if k not in (*need, "kind", "table_key", "source")]
         if self.kind != "lookup": unused += [k for k in ("table_key", "source") if getattr(self, k) is not None]
         p += [f"{k}: not used by a {self.kind}" for k in unused]
         p += [f"{f.name}: must be text" for f in fields(self) if f.name not in ("kind", "points", "columns")
               and getattr(self, f.name) is not None and not isinstance(getattr(self, f.name), str)]
+        point = lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v)) and abs(v[0]) <= 90 \
+                          and abs(v[1]) <= 180
         pts = self.points
-        if pts is not None and (not isinstance(pts, dict) or not all(
-                isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v)) and abs(v[0]) <= 90 and abs(v[1]) <= 180
-                for v in pts.values())):
+        if pts is not None and (not isinstance(pts, dict) or not all(map(point, pts.values()))):
             p.append("points: must be {name: [lat, lon]} with the latitude within ±90 and the longitude within ±180")
         if self.columns is not None and (not isinstance(self.columns, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and v for k, v in self.columns.items())):
@@ -276,23 +286,26 @@ SPEC_VERSION = 1
 
 def _top_problems(spec_version, drop, missing_values) -> list:
     p = []
-    if spec_version != SPEC_VERSION: p.append(f"spec_version: {spec_version!r} is not supported; this mlprod reads version {SPEC_VERSION}")
+    if spec_version != SPEC_VERSION:
+        p.append(f"spec_version: {spec_version!r} is not supported; this mlprod reads version {SPEC_VERSION}")
     if not isinstance(drop, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in drop.items()):
         p.append("drop: must be {column: reason}")
-    if not isinstance(missing_values, list) or not all(_is_label(v) and not isinstance(v, (bool, np.bool_)) for v in missing_values):
+    if not _is_placeholders(missing_values):
         p.append("missing_values: must be a list of values (text or numbers)")
     return p
 
 def _fit_problems(target, features: dict, location: list, derived: list, unchecked=frozenset()) -> list:
     "How the pieces fit together; `unchecked` names features that failed their own checks (not judged again here)."
     p, known = [], set(features) | set(unchecked)
-    if target is not None and target.name in known: p.append(f"features.{target.name}: the target cannot also be a feature")
+    if target is not None and target.name in known:
+        p.append(f"features.{target.name}: the target cannot also be a feature")
     for i, loc in enumerate(location):
         for key, kind in (("lat", "latitude"), ("lon", "longitude")):
             col = getattr(loc, key, None) # None: the group failed its own checks
             if col is None or col in unchecked: continue
-            if col not in features: p.append(f"location[{i}].{key}: '{col}' is not a feature")
-            elif features[col].type != kind: p.append(f"location[{i}].{key}: '{col}' must be a {kind} feature, not {features[col].type}")
+            where = f"location[{i}].{key}: '{col}'"
+            if col not in features: p.append(f"{where} is not a feature")
+            elif features[col].type != kind: p.append(f"{where} must be a {kind} feature, not {features[col].type}")
     for i, d in enumerate(derived):
         if d is None: continue
         missing = [c for c in d.inputs if c not in known]
@@ -330,7 +343,8 @@ class FeatureSpec:
 
     def __getitem__(self, name) -> Feature: return self.features[name]
 
-FeatureSpec.validate_record, FeatureSpec.validate_records = validate_record, validate_records # see `mlprod.spec_records`
+# see `mlprod.spec_records`
+FeatureSpec.validate_record, FeatureSpec.validate_records = validate_record, validate_records
 FeatureSpec.json_schema = json_schema
 
 # %% ../nbs/01_spec.ipynb #10c35867
@@ -343,7 +357,8 @@ def _with_derived(spec: FeatureSpec, d: Derived) -> FeatureSpec:
 
 def add_distance(self: FeatureSpec, name: str, lat: str, lon: str, points: dict) -> FeatureSpec:
     "Add `name`: kilometres from (`lat`, `lon`) to the nearest of `points` ({label: [lat, lon]})."
-    return _with_derived(self, Derived("distance", name, lat=lat, lon=lon, points={k: [float(a), float(b)] for k, (a, b) in points.items()}))
+    points = {k: [float(a), float(b)] for k, (a, b) in points.items()}
+    return _with_derived(self, Derived("distance", name, lat=lat, lon=lon, points=points))
 
 def add_haversine(self: FeatureSpec, name: str, lat: str, lon: str, to_lat: str, to_lon: str) -> FeatureSpec:
     "Add `name`: kilometres between two points of the record."
@@ -365,7 +380,8 @@ def add_lookup(self: FeatureSpec, key: str, # the category column holding the ke
     missing = [c for c in [tk, *columns] if c not in table.columns]
     if missing: _refuse([f"table: the lookup table '{name}' has no column(s) {', '.join(missing)}"], "derived")
     self.tables[name] = table[[tk, *columns]].drop_duplicates(tk).reset_index(drop=True)
-    return _with_derived(self, Derived("lookup", key=key, table=name, table_key=table_key, columns=dict(columns), source=source))
+    d = Derived("lookup", key=key, table=name, table_key=table_key, columns=dict(columns), source=source)
+    return _with_derived(self, d)
 
 FeatureSpec.add_distance, FeatureSpec.add_haversine = add_distance, add_haversine
 FeatureSpec.add_ratio, FeatureSpec.add_lookup = add_ratio, add_lookup

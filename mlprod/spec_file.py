@@ -11,7 +11,8 @@ import numpy as np
 import yaml
 
 from .errors import SpecError, UsageError
-from .spec import SPEC_VERSION, Derived, Feature, FeatureSpec, Location, Target, _fit_problems, _refuse, _top_problems
+from .spec import (SPEC_VERSION, Derived, Feature, FeatureSpec, Location, Target, _fit_problems, _refuse,
+                         _top_problems)
 from .spec_records import _json_type
 
 # %% auto #0
@@ -96,7 +97,8 @@ def _build(cls, data, path: str, problems: list, **given):
     allowed = {f.name for f in fields(cls)} - set(given)
     unknown = sorted(map(str, set(data) - allowed))
     if unknown: problems.append(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    needed = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.name not in given]
+    required = lambda f: f.default is MISSING and f.default_factory is MISSING
+    needed = [f.name for f in fields(cls) if required(f) and f.name not in given]
     absent = [k for k in needed if k not in data]
     problems.extend(f"{path}.{k}: missing" for k in absent)
     if absent: return None
@@ -104,7 +106,8 @@ def _build(cls, data, path: str, problems: list, **given):
         built = cls(**{k: v for k, v in data.items() if k in allowed}, **given) # the other keys' problems too
         return None if unknown else built
     except SpecError as e: # the piece names itself ("features.x", "location"): name it by its place in the file
-        own = {Feature: f"features.{given.get('name')}", Target: "target", Location: "location", Derived: "derived"}[cls]
+        own = {Feature: f"features.{given.get('name')}", Target: "target", Location: "location",
+               Derived: "derived"}[cls]
         problems.extend(path + p.removeprefix(own) for p in e.details["problems"])
         return None
 
@@ -175,9 +178,11 @@ def _load_tables(spec: FeatureSpec, base: str) -> list:
         if d.kind != "lookup" or not d.source or d.table in spec.tables: continue
         src = d.source if "://" in d.source or d.source.startswith("/") else f"{base}/{d.source}"
         try: table = _read_table(src)
-        except Exception as e: problems.append(f"derived[{i}].source: cannot read {src}: {type(e).__name__}: {e}"); continue
-        missing = [c for c in [d.table_key or d.key, *d.columns] if c not in table.columns]
-        if missing: problems.append(f"derived[{i}].source: the table {d.source} has no column(s) {', '.join(map(str, missing))}")
+        except Exception as e:
+            problems.append(f"derived[{i}].source: cannot read {src}: {type(e).__name__}: {e}")
+            continue
+        missing = ", ".join(str(c) for c in [d.table_key or d.key, *d.columns] if c not in table.columns)
+        if missing: problems.append(f"derived[{i}].source: the table {d.source} has no column(s) {missing}")
         else: spec.tables[d.table] = table
     return problems
 

@@ -25,25 +25,27 @@ SENTINELS = (-999999, -99999, -9999, -999, 999, 9999, 99999, 999999)
 
 def _is_text(s: pd.Series) -> bool:
     "A column of text (or mixed) values, as opposed to numbers, booleans and datetimes."
-    return not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) or pd.api.types.is_datetime64_any_dtype(s))
+    t = pd.api.types
+    return not (t.is_numeric_dtype(s) or t.is_bool_dtype(s) or t.is_datetime64_any_dtype(s))
 
-def _distinct(s: pd.Series) -> pd.Series:
-    "The distinct non-missing values of a column (their text for unhashable cells)."
+def _distinct_text(s: pd.Series) -> pd.Series:
+    "The distinct text values of a column (cells of other kinds, such as lists, left out), as Arrow strings."
     v = s.dropna()
-    if isinstance(v.dtype, pd.CategoricalDtype): v = v.astype(object)
-    try: return pd.Series(pd.unique(v), dtype=object)
-    except TypeError: return pd.Series(pd.unique(v.map(str)), dtype=object)
+    if isinstance(v.dtype, pd.CategoricalDtype): v = pd.Series(v.cat.categories)
+    if v.dtype == object and pd.api.types.infer_dtype(v, skipna=True) != "string": v = v[v.map(type) == str]
+    return pd.Series(pd.unique(v), dtype="string[pyarrow]")  # Arrow strips a million strings in milliseconds
 
 def text_placeholders(s: pd.Series) -> list:
     "The placeholder tokens of `PLACEHOLDERS` found in a text column, compared without surrounding spaces."
     if not _is_text(s): return []
-    u = _distinct(s)
-    found = set(u[u.map(type) == str].str.strip())
+    stripped = _distinct_text(s).str.strip()
+    found = set(stripped[stripped.isin(PLACEHOLDERS).to_numpy(dtype=bool)])
     return [t for t in PLACEHOLDERS if t in found]
 
 def numeric_sentinels(s: pd.Series) -> list:
     "All-nines values used as placeholders: at least twice, and far from every other value of the column."
-    x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan) if not pd.api.types.is_bool_dtype(s) else np.array([])
+    if pd.api.types.is_bool_dtype(s): return []
+    x = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     x = x[np.isfinite(x)]
     cand = [v for v in SENTINELS if np.count_nonzero(x == v) >= 2]
     rest = x[~np.isin(x, cand)]
@@ -70,12 +72,11 @@ def _normalize(s: pd.Series, tokens) -> pd.Series:
         return s.mask(hit) if hit.any() else s
     if isinstance(s.dtype, pd.CategoricalDtype): s = s.astype(object)
     text = {""} | {category_key(t) for t in tokens}
-    u = _distinct(s)
-    u = u[u.map(type) == str]
+    u = _distinct_text(s)
     stripped = u.str.strip()
-    change = (stripped != u) | stripped.isin(text)
+    token = stripped.isin(text).to_numpy(dtype=bool)
+    change = token | (stripped != u).to_numpy(dtype=bool)
     if not change.any(): return s
-    token = stripped.isin(text)
     out = s.mask(_member(s, set(u[token]))) if token.any() else s.copy()
     strip = dict(zip(u[change & ~token], stripped[change & ~token]))
     hit = _member(s, strip)
@@ -94,7 +95,8 @@ def normalize_frame(df: pd.DataFrame, # a raw frame
     "The frame as the spec reads it: placeholders → missing, text stripped; `missing_values_of(df)` without either."
     if spec is not None:
         common = list(spec.missing_values)
-        tokens = {c: common + list(spec.features[c].missing_values or []) if c in spec.features else common for c in df.columns}
+        own = {n: list(f.missing_values or []) for n, f in spec.features.items()}
+        tokens = {c: common + own.get(c, []) for c in df.columns}
     else:
         found = missing_values_of(df) if missing_values is None else missing_values
         tokens = {c: found.get(c, []) for c in df.columns}
@@ -162,7 +164,8 @@ def _classes(y: pd.Series) -> list:
     "A classification target's classes, sorted, with their type: integers, numbers, booleans, or text."
     v = y.dropna()
     if pd.api.types.is_bool_dtype(v) or not pd.api.types.is_numeric_dtype(v):
-        return sorted({_plain_scalar(c) if isinstance(c, (bool, np.bool_)) else category_key(c) for c in v.unique()}, key=str)
+        labels = {_plain_scalar(c) if isinstance(c, (bool, np.bool_)) else category_key(c) for c in v.unique()}
+        return sorted(labels, key=str)
     x = np.unique(v.to_numpy(dtype=float))
     return [int(c) for c in x] if np.all(np.mod(x, 1) == 0) else [float(c) for c in x]
 
@@ -224,10 +227,13 @@ def _other_feature(name, typ, s: pd.Series) -> Feature:
 def _row_number(name: str, s: pd.Series) -> str | None:
     "Why a unique whole-number column is a row number or row-order ID, or None."
     x = s.to_numpy(dtype=float)
-    if re.fullmatch(r"Unnamed: \d+", name): return "row numbers: the index a DataFrame wrote into the file (to_csv without index=False)"
+    if re.fullmatch(r"Unnamed: \d+", name):
+        return "row numbers: the index a DataFrame wrote into the file (to_csv without index=False)"
     lo, hi = x.min(), x.max()
-    if len(x) >= 0.5 * (hi - lo + 1): return f"row numbers: unique whole numbers filling {len(x) / (hi - lo + 1):.0%} of {lo:g}–{hi:g}"
-    if s.is_monotonic_increasing or s.is_monotonic_decreasing: return "a row-order ID: unique whole numbers that follow the row order"
+    if len(x) >= 0.5 * (hi - lo + 1):
+        return f"row numbers: unique whole numbers filling {len(x) / (hi - lo + 1):.0%} of {lo:g}–{hi:g}"
+    if s.is_monotonic_increasing or s.is_monotonic_decreasing:
+        return "a row-order ID: unique whole numbers that follow the row order"
     return None
 
 def _holds_containers(s: pd.Series) -> bool:
@@ -258,7 +264,8 @@ def _pair_locations(features: dict) -> list:
     lats = [n for n, f in features.items() if f.type == "latitude"]
     lons = [n for n, f in features.items() if f.type == "longitude"]
     stem = lambda n, rx: rx.sub(lambda m: m.group(1) + "@" + m.group(3), n).lower()
-    return [Location(lat, match[0]) for lat in lats if (match := [lon for lon in lons if stem(lon, _LON_RE) == stem(lat, _LAT_RE)])]
+    pairs = {lat: [lon for lon in lons if stem(lon, _LON_RE) == stem(lat, _LAT_RE)] for lat in lats}
+    return [Location(lat, lons_[0]) for lat, lons_ in pairs.items() if lons_]
 
 # %% ../nbs/01a_spec_infer.ipynb #9410922c
 def _check_target(df: pd.DataFrame, target: str, task: str | None) -> tuple:
@@ -285,7 +292,8 @@ def infer_spec(df: pd.DataFrame, # the data, target column included
                max_categories: int = 50, # categories kept per column; rarer ones are encoded as "other"
               ) -> FeatureSpec:
     "A first draft of the input contract, inferred from the data."
-    if df is not None and len(df) and target in df.columns: # placeholders first: they decide types and the target's classes
+    # placeholders first: they decide types and the target's classes
+    if df is not None and len(df) and target in df.columns:
         found = {t for c in df.columns for t in text_placeholders(df[c])}
         common = [t for t in PLACEHOLDERS if t in found]
         frame = normalize_frame(df, missing_values={c: common for c in df.columns})

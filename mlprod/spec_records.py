@@ -87,9 +87,10 @@ def _check_numeric(f: Feature, value):
     if f.type == "integer":
         if v != int(v): return "wrong_type", f"expected an integer, got {_fmt(v)}"
         v = int(v)
-    lo, hi = COORDINATE_LIMITS.get(f.type, (None, None))
-    lo = f.min if f.min is not None else lo
-    hi = f.max if f.max is not None else hi
+    lo, hi = f.min, f.max
+    if f.type in COORDINATE_LIMITS:
+        a, b = COORDINATE_LIMITS[f.type]
+        lo, hi = a if lo is None else lo, b if hi is None else hi
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         if lo is None: return "out_of_range", f"{_fmt(v)} is above the maximum {_fmt(hi)}"
         if hi is None: return "out_of_range", f"{_fmt(v)} is below the minimum {_fmt(lo)}"
@@ -99,7 +100,7 @@ def _check_numeric(f: Feature, value):
 def _check_category(f: Feature, value):
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return "wrong_type", f"expected a string, got {_json_type(value)}"
-    v = category_key(value)
+    v = value.strip() if type(value) is str else category_key(value)
     if f.categories is not None and v not in f._allowed and f.unknown == "reject":
         shown = ", ".join(map(str, f.categories[:20])) + (", ..." if len(f.categories) > 20 else "")
         return "unknown_category", f"{v[:40]!r} is not an allowed value; allowed: {shown}"
@@ -112,9 +113,11 @@ def _check_boolean(f: Feature, value):
     return "wrong_type", f"expected true or false, got {_json_type(value)}"
 
 def _check_datetime(f: Feature, value):
-    if not isinstance(value, str): return "wrong_type", f"expected an ISO 8601 date-time string, got {_json_type(value)}"
+    if not isinstance(value, str):
+        return "wrong_type", f"expected an ISO 8601 date-time string, got {_json_type(value)}"
     try: return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).isoformat()
-    except ValueError: return "wrong_type", f"expected an ISO 8601 date-time string like 2024-05-01T13:45:00, got {value[:40]!r}"
+    except ValueError:
+        return "wrong_type", f"expected an ISO 8601 date-time string like 2024-05-01T13:45:00, got {value[:40]!r}"
 
 _CHECKERS = {"number": _check_numeric, "integer": _check_numeric, "latitude": _check_numeric,
              "longitude": _check_numeric, "category": _check_category, "boolean": _check_boolean,
@@ -125,33 +128,32 @@ def check_value(f: Feature, value):
     return _CHECKERS[f.type](f, value)
 
 # %% ../nbs/01d_spec_records.ipynb #9b0bd700
-def _is_missing(f: Feature, value) -> bool:
-    "Whether a present value is one of the placeholders this feature reads as missing."
-    if type(value) is str: return value.strip() in f._missing_text
-    return type(value) in (int, float) and value in f._missing_num
-
 def _expected(f: Feature, name: str, v, index):
     "A number clipped to the expected range, and the warning (or None)."
     lo, hi = f.expected_range
     if lo <= v <= hi: return v, None
     edge, side = (lo, "below") if v < lo else (hi, "above")
-    return edge, FieldError(name, "outside_expected_range", f"'{name}': {_fmt(v)} is {side} the expected range "
-                            f"[{_fmt(f.expect[0])}, {_fmt(f.expect[1])}] the model was trained on; predicted with {_fmt(edge)}", index)
+    seen = f"[{_fmt(f.expect[0])}, {_fmt(f.expect[1])}]"
+    return edge, FieldError(name, "outside_expected_range", f"'{name}': {_fmt(v)} is {side} the expected range {seen} "
+                            f"the model was trained on; predicted with {_fmt(edge)}", index)
 
 def _validate(spec: FeatureSpec, obj, unknown_fields: str = "reject", index: int | None = None) -> Validated:
     if not isinstance(obj, dict):
-        return Validated(None, [FieldError(None, "not_an_object", f"expected a JSON object with the input fields, got {_json_type(obj)}", index)])
+        msg = f"expected a JSON object with the input fields, got {_json_type(obj)}"
+        return Validated(None, [FieldError(None, "not_an_object", msg, index)])
     errors, warnings, record = [], [], {}
     for name, f in spec.features.items():
         value = obj.get(name)
-        if value is not None and _is_missing(f, value): value = None
+        kind = type(value) # a placeholder this feature reads as missing is missing
+        if kind is str: value = None if value.strip() in f._missing_text else value
+        elif (kind is float or kind is int) and value in f._missing_num: value = None
         if value is None:
             if f.required: errors.append(FieldError(name, "missing_field", f"'{name}' is required", index))
             else: record[name] = f.default
             continue
         v = _CHECKERS[f.type](f, value)
         if type(v) is tuple: errors.append(FieldError(name, v[0], f"'{name}': {v[1]}", index)); continue
-        if f.expect is not None and f.numeric:
+        if f.expect is not None and not f.expect[0] <= v <= f.expect[1]: # only numeric features have one
             v, w = _expected(f, name, v, index)
             if w is not None: warnings.append(w)
         record[name] = v
@@ -159,26 +161,29 @@ def _validate(spec: FeatureSpec, obj, unknown_fields: str = "reject", index: int
         ignored = spec.drop.keys() | {spec.target.name}
         for k in obj:
             if k not in spec.features and k not in ignored:
-                errors.append(FieldError(str(k), "unknown_field", f"'{str(k)[:60]}' is not an input of this model; inputs are: {', '.join(spec.features)}", index))
+                msg = f"'{str(k)[:60]}' is not an input of this model; inputs are: {', '.join(spec.features)}"
+                errors.append(FieldError(str(k), "unknown_field", msg, index))
     for loc in spec.location:
         lat = loc.lat
         y, x = record.get(lat), record.get(loc.lon)
         if loc.region is not None and y is not None and x is not None and not loc.contains(y, x):
             r = loc.region
-            errors.append(FieldError(lat, "outside_region",
-                f"({lat}, {loc.lon}) = ({_fmt(y)}, {_fmt(x)}) is outside the region lat [{_fmt(r['min_lat'])}, {_fmt(r['max_lat'])}], lon [{_fmt(r['min_lon'])}, {_fmt(r['max_lon'])}]", index))
+            box = f"lat [{_fmt(r['min_lat'])}, {_fmt(r['max_lat'])}], lon [{_fmt(r['min_lon'])}, {_fmt(r['max_lon'])}]"
+            msg = f"({lat}, {loc.lon}) = ({_fmt(y)}, {_fmt(x)}) is outside the region {box}"
+            errors.append(FieldError(lat, "outside_region", msg, index))
     return Validated(None if errors else record, errors, warnings)
 
 def validate_record(self: FeatureSpec, obj, # any JSON value: the record a client sent
                     unknown_fields: str = "reject", # "reject" or "ignore" fields the spec does not know
                    ) -> Validated:
-    "The cleaned record with defaults filled, types coerced and soft violations clipped, or every error at once; never raises."
+    "The cleaned record (defaults filled, types coerced, soft violations clipped) or every error at once; never raises."
     return _validate(self, obj, unknown_fields)
 
 def validate_records(self: FeatureSpec, objs, unknown_fields: str = "reject") -> ValidatedBatch:
     "Validate a list of records: cleaned records (None where invalid), every error and warning with its `index`."
     if not isinstance(objs, list):
-        return ValidatedBatch([], [FieldError(None, "not_an_object", f"expected a JSON array of records, got {_json_type(objs)}")])
+        msg = f"expected a JSON array of records, got {_json_type(objs)}"
+        return ValidatedBatch([], [FieldError(None, "not_an_object", msg)])
     results = [_validate(self, o, unknown_fields, i) for i, o in enumerate(objs)]
     return ValidatedBatch([r.record for r in results], [e for r in results for e in r.errors],
                           [w for r in results for w in r.warnings])
@@ -210,14 +215,16 @@ def _property(f: Feature) -> dict:
         if "enum" in p: p["enum"] = p["enum"] + [None]
     notes = [f.note] if f.note else []
     if f.expect is not None:
-        notes.append(f"expected {_fmt(f.expect[0])} to {_fmt(f.expect[1])}: a value outside is clipped to that range, with a warning")
+        lo, hi = map(_fmt, f.expect)
+        notes.append(f"expected {lo} to {hi}: a value outside is clipped to that range, with a warning")
     if notes: p["description"] = "; ".join(notes)
     return p
 
 def json_schema(self: FeatureSpec, unknown_fields: str = "reject") -> dict:
     "The inputs as a JSON Schema object."
     props = {name: _property(f) for name, f in self.features.items()}
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": f"Inputs to predict {self.target.name}",
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+              "title": f"Inputs to predict {self.target.name}",
               "type": "object", "properties": props, "required": [n for n, f in self.features.items() if f.required]}
     if unknown_fields == "reject":
         schema["additionalProperties"] = False
