@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .errors import DataError, SpecError
 from .spec import FeatureSpec, Feature, Derived, haversine_km
 from .spec_infer import normalize_frame
-from .record import MISSING, OTHER, TRUE_STRINGS, RecordTransformer, _Plan, check_state, transform_one
+from .record import MISSING, OTHER, TRUE_STRINGS, _Plan, check_state, transform_one
 
 # %% auto #0
 __all__ = ['Clipper', 'Log1p', 'numeric_columns', 'category_columns', 'prepare_frame', 'SpecTransformer', 'transform_record',
