@@ -16,6 +16,7 @@ import pandas as pd
 
 from .errors import DataError, UsageError
 from .spec import FeatureSpec, infer_spec, infer_task
+from .spec_infer import normalize_frame
 from .signals import feature_signals, leak_suspects, _as_datetime, _as_float, _labels
 
 # %% auto #0
@@ -265,7 +266,7 @@ def _signal_flags(smp: pd.DataFrame, target: str, task: str, kinds: dict, spec, 
 # %% ../nbs/03_profile.ipynb #ba6ce032
 class PandasColumns:
     "A pandas frame as `profile_columns` reads it: each column's kind and statistics over every row, and samples."
-    def __init__(self, df: pd.DataFrame): self.df = df
+    def __init__(self, df: pd.DataFrame): self.raw = self.df = df
     @property
     def n_rows(self) -> int: return len(self.df)
     @property
@@ -278,7 +279,14 @@ class PandasColumns:
     def labels(self, name: str) -> pd.Series: return _labels(self.df[name]).value_counts()
     def sample(self, n: int | None, target: str | None = None, task: str | None = None) -> pd.DataFrame:
         return sample_rows(self.df, n, target, task)
-    def infer_spec(self, target: str) -> tuple[FeatureSpec, str | None]: return infer_spec(self.df, target), None
+    def infer_spec(self, target: str) -> tuple[FeatureSpec, str | None]: return infer_spec(self.raw, target), None
+
+    def read_as(self, spec: FeatureSpec | None) -> str | None:
+        "Read placeholders as missing (the spec's, else those found in the data) and strip text, as training does."
+        self.df = normalize_frame(self.raw, spec)
+        if self.df is self.raw: return None
+        extra = (self.df.isna().sum() - self.raw.isna().sum()).loc[lambda s: s > 0]
+        return _placeholder_note(extra)
     def task(self, target: str) -> str: return infer_task(self.df[target])
 
     def duplicate_rows(self) -> int:
@@ -333,6 +341,12 @@ def _plain_names(df: pd.DataFrame, target):
             "<name>.1, <name>.2") if twice else None
     return out, (None if target is None else str(target)), note
 
+def _placeholder_note(extra: pd.Series) -> str | None:
+    "A note naming the columns where placeholders (?, NA, -999...) were read as missing, and how many."
+    if not len(extra): return None
+    shown = ", ".join(f"{c} ({int(k):,})" for c, k in extra.head(10).items())
+    return f"Placeholders (such as ?, NA or -999) read as missing, as training and the API read them: {shown}."
+
 def _guess_task(y: pd.Series) -> str | None:
     "The spec's task rule (`infer_task`), or None for a target without values."
     return infer_task(y) if y.notna().any() else None
@@ -383,6 +397,8 @@ def profile_columns(cols, # the table: `PandasColumns`, or `mlprod.spark.SparkCo
     elif n < 20: notes.append(f"Only {n} rows: statistics, correlations and the leak check are unreliable or skipped.")
     found = {c: cols.kind(c) for c in cols.columns}
     if spec is None and target is not None and found[target][0] != "empty": spec = _infer(cols, target, notes)
+    placeholders = cols.read_as(spec)
+    if placeholders: notes.append(placeholders)
     features = spec.features if spec is not None else {}
     kinds = {c: (features[c].type if c in features and not (k == "mixed" and features[c].type == "category") else k)
              for c, (k, _) in found.items()}
