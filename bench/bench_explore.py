@@ -139,7 +139,7 @@ def run_cli(fmt: str, rows: int, out: str) -> dict:
     data = os.path.join(out, f"frame.{fmt}")
     if not os.path.exists(data):
         subprocess.run([sys.executable, "-c", WRITE_FILES.format(make_frame=MAKE_FRAME), str(rows), out], check=True)
-    p = subprocess.run([sys.executable, "-c", CLI_CHILD, data, os.path.join(out, f"cli_{fmt}.html")],
+    p = subprocess.run([sys.executable, "-c", CLI_CHILD, data, os.path.join(out, f"cli_{fmt}.html")], cwd=out, # the spec goes here
                        capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
     name = f"mlprod CLI, {fmt}"
     line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
