@@ -186,8 +186,8 @@ def test_train_writes_report_spec_and_predict_scores(small_bundle):
     assert (tmp / "p.bundle" / "report.ipynb").exists() and (tmp / "p.spec.yaml").exists()
     assert not [p for p in tmp.iterdir() if ".train-" in p.name or ".tmp-" in p.name]
     status, out, err = mlprod("predict", tmp / "p.bundle", tmp / "penguins.csv", "-o", tmp / "scored.parquet")
-    assert status == 0, err
-    scored = pd.read_parquet(tmp / "scored.parquet")
+    assert status == 3 and err.splitlines()[-1].startswith("error: rows_refused: 2 of 344 rows"), err # refused rows: exit 3
+    scored = pd.read_parquet(tmp / "scored.parquet").set_index("index")
     assert list(scored.columns[:2]) == ["prediction", "prediction_confidence"]
     assert {"proba_Adelie", "proba_Chinstrap", "proba_Gentoo"} <= set(scored.columns)
     assert len(scored) == 344 and scored.index.name == "index"
