@@ -50,7 +50,7 @@ def _version(name: str) -> str | None:
 
 def library_versions(keras: bool = False) -> dict:
     "The versions a bundle records: mlprod, Python and the libraries its files depend on."
-    names = ["mlprod", "numpy", "pandas", "scikit-learn", "scipy", "joblib", "pyarrow"] + (["keras", "tensorflow"] if keras else [])
+    names = ["mlprod", "numpy", "pandas", "scikit-learn", "scipy", "joblib", "pyarrow", "lightgbm"] + (["keras", "tensorflow"] if keras else [])
     out = {"python": platform.python_version()}
     for n in names:
         v = _version(n if n != "tensorflow" else "tensorflow-cpu") or _version(n)
