@@ -57,7 +57,7 @@ def city_bundle(tmp_path_factory):
     "All five candidate families on 3,000 generated city trips, through the job notebook."
     tmp = tmp_path_factory.mktemp("city")
     t0 = time.perf_counter()
-    path = run_job(tmp, data_uri="example:city_trips", rows=3000, candidates="linear,rf,gbm,lgbm,dnn", time_budget=50, seed=3)
+    path = run_job(tmp, data_uri="example:city_trips", rows=3000, candidates="linear,rf,gbm,lgbm,dnn", time_budget=60, seed=3)
     return path, time.perf_counter() - t0
 
 
@@ -66,10 +66,11 @@ def test_job_trains_all_five_families_and_writes_a_complete_bundle(city_bundle):
     m = json.loads((path / "metrics.json").read_text())
     lb = pd.DataFrame(m["leaderboard"])
     assert sorted(lb.model) == ["dnn", "gbm", "lgbm", "linear", "rf"]
-    assert (lb.status == "ok").all(), lb
+    assert (lb.status == "ok").all(), lb  # the network too: it is searched last, once TensorFlow is loaded
     assert lb.eval_rmse.notna().all() and (lb.fit_s > 0).all() and (lb.latency_ms > 0).all() and (lb.size_kb > 0).all()
-    assert m["winner"] == lb.sort_values("eval_rmse").iloc[0].model
-    assert m["elapsed_s"] <= 50 * 1.1, m["elapsed_s"]
+    rank_by = "cv_rmse" if "cv_rmse" in lb.columns and lb.cv_rmse.notna().any() else "eval_rmse"
+    assert m["winner"] == lb.sort_values(rank_by).iloc[0].model
+    assert m["elapsed_s"] <= 60 * 1.1, m["elapsed_s"]
     # every development row reached the final model and calibrated it out of fold; the test set is the final model's
     assert m["refit"] and m["eval"]["source"] == "out_of_fold" and m["rows"]["calibration"] == m["rows"]["development"]
     manifest = json.loads((path / "manifest.json").read_text())
