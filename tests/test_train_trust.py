@@ -148,3 +148,20 @@ def test_eval_and_test_disagreeing_beyond_noise_get_a_note():
     df.loc[test_rows, "y"] += 40  # the test rows are no longer like the others
     sel = train_and_select(df, target="y", candidates="linear", time_budget=10, seed=0, progress="off")
     assert any("disagree beyond noise" in n for n in sel.metrics["notes"]), sel.metrics["notes"]
+
+
+def test_a_column_that_encodes_the_label_stops_train_with_exit_3_naming_it(tmp_path):
+    "Issue 10: the leak guard runs in `mlprod train`'s own process, before papermill: exit 3, the column and its evidence."
+    r = np.random.default_rng(0)
+    df = pd.DataFrame({"age": r.integers(18, 80, 500), "region": r.choice(["n", "s", "e", "w"], 500)})
+    df["churned"] = np.where(r.random(500) < 0.3, "yes", "no")
+    df["refund_code"] = np.where(df.churned == "yes", 7, 2) + r.integers(0, 2, 500) * 0.01  # written after the outcome
+    df.to_csv(tmp_path / "churn.csv", index=False)
+    t0 = time.perf_counter()
+    status, out, err = mlprod("train", "churn.csv", "--target", "churned", "-o", "c.bundle", cwd=tmp_path)
+    assert status == 3, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: target_leak: ") and "refund_code" in last and "ROC AUC" in last, last
+    assert "'age'" not in last and "'region'" not in last  # only the leaking column is named
+    assert time.perf_counter() - t0 < 60  # refused before any model is fitted
+    assert not (tmp_path / "c.bundle").exists() and not (tmp_path / "c.spec.yaml").exists()
