@@ -123,7 +123,6 @@ def test_a_failed_train_leaves_no_spec_behind_and_the_rerun_works(tmp_path):
 def test_small_regression_intervals_floor_at_zero_and_confidence_varies():
     "Issue 17: 300 rows of a never-negative target — lower bounds at or above 0; confidence differs from row to row."
     from mlprod.select import train_and_select
-    from mlprod.bundle import frame_records
     df = heteroscedastic(300, seed=3)
     sel = train_and_select(df, target="y", candidates="linear,lgbm", time_budget=15, seed=0, progress="off")
     ts = sel.testset
