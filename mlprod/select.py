@@ -48,8 +48,7 @@ class Prepared:
 def encode_target(y: pd.Series, spec: FeatureSpec) -> np.ndarray:
     "Regression: the values as floats; classification: each value's index in the spec's classes."
     if spec.task == "regression": return y.to_numpy(dtype=np.float64)
-    index = {c: i for i, c in enumerate(spec.target.classes)}
-    return np.array([index[str(v)] for v in y], dtype=int)
+    return spec.target.encode(y)
 
 CV_TUNING_ROWS = 3_000 # up to this many development rows, tuning trials are judged by cross-validation
 
