@@ -95,7 +95,7 @@ def _parse_ledger(data: bytes) -> list:
 
 def _line(entry: dict) -> bytes: return (json.dumps(entry, sort_keys=True) + "\n").encode()
 
-# %% ../nbs/08a_store.ipynb #a2c186a4
+# %% ../nbs/08a_store.ipynb #776bf0ef
 class LocalStore(Store):
     "A store in a local folder: rename-based pointer switch under an `flock` on `.lock`, ledger appended under it."
     def __init__(self, root, env: str = ""):
@@ -154,6 +154,7 @@ def _fsync_dir(path: Path):
     finally: os.close(fd)
 
 def _moved(env: str, live: dict | None) -> str:
+    "Why a move was refused: what the pointer names now."
     now = f"{live['version']} ({live.get('action', 'deploy')} by {live.get('by')} at {live.get('deployed_at')})" if live else "nothing"
     return (f"Another move changed {env or 'the store'}'s live pointer while this one was working: it now points to "
             f"{now}. Nothing was switched; check `mlprod status` and retry.")
@@ -230,18 +231,23 @@ class GCSStore(Store):
 def _storage_error(uri: str, e: Exception) -> StorageError:
     return StorageError(f"Cannot use the store {uri}: {type(e).__name__}: {e}")
 
-# %% ../nbs/08a_store.ipynb #e2cc8f6b
+# %% ../nbs/08a_store.ipynb #0954cfe0
 def bundle_files(manifest: dict, signed: bool) -> list:
     "The files to copy, in order: every hashed file, then signature.json, then manifest.json."
     from mlprod.signing import SIGNATURE_FILE
     return sorted(manifest["hashes"]) + ([SIGNATURE_FILE] if signed else []) + ["manifest.json"]
 
-def _copy_file(src_fs, src: str, dst_fs, dst: str, block: int = 1 << 20) -> int:
-    "Stream one file between two fsspec filesystems; return its size."
-    n = 0
+def _copy_file(src_fs, src: str, dst_fs, dst: str, sha256: str | None = None, block: int = 1 << 20) -> int:
+    "Stream one file between two fsspec filesystems, checking its hash on the way; return its size."
+    import hashlib
+    n, h = 0, hashlib.sha256()
     with src_fs.open(src, "rb") as fi, dst_fs.open(dst, "wb") as fo:
         while chunk := fi.read(block):
-            fo.write(chunk); n += len(chunk)
+            fo.write(chunk); h.update(chunk); n += len(chunk)
+    if sha256 is not None and h.hexdigest() != sha256:
+        name = src.rsplit("/", 1)[-1]
+        raise BundleError(f"Bundle {src.rsplit('/', 1)[0]} refused: {name} changed since it was written; its sha256 differs "
+                          f"from the manifest.", code="bundle_tampered", file=name)
     return n
 
 def _alive(pid: int) -> bool:
@@ -262,15 +268,16 @@ def copy_in(store: Store, src_fs, src_root: str, # where the bundle is: fsspec f
     files = bundle_files(manifest, signed)
     on_file = on_file or (lambda name, size: None)
     try:
-        if isinstance(store, LocalStore): return _copy_local(Path(root), src_fs, src_root, files, on_file, replace)
+        if isinstance(store, LocalStore): return _copy_local(Path(root), src_fs, src_root, manifest, files, on_file, replace)
+        fs.invalidate_cache(root)
         if fs.exists(f"{root}/manifest.json") and not replace: return dest
-        for f in files: on_file(f, _copy_file(src_fs, f"{src_root}/{f}", fs, f"{root}/{f}"))
+        for f in files: on_file(f, _copy_file(src_fs, f"{src_root}/{f}", fs, f"{root}/{f}", manifest["hashes"].get(f)))
         return dest
     except (BundleError, UsageError): raise
     except (OSError, ValueError) as e:
         raise StorageError(f"Cannot copy the bundle into {dest}: {type(e).__name__}: {e}") from e
 
-def _copy_local(dest: Path, src_fs, src_root: str, files: list, on_file, replace: bool) -> str:
+def _copy_local(dest: Path, src_fs, src_root: str, manifest: dict, files: list, on_file, replace: bool) -> str:
     import fsspec
     local = fsspec.filesystem("file")
     parent = dest.parent
@@ -284,7 +291,7 @@ def _copy_local(dest: Path, src_fs, src_root: str, files: list, on_file, replace
     try:
         for f in files:
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-            on_file(f, _copy_file(src_fs, f"{src_root}/{f}", local, str(tmp / f)))
+            on_file(f, _copy_file(src_fs, f"{src_root}/{f}", local, str(tmp / f), manifest["hashes"].get(f)))
         if dest.exists():  # replace a copy that failed verification: swap it out, then remove it
             old = parent / f".old-{dest.name}-{uuid.uuid4().hex[:6]}"
             os.replace(dest, old); shutil.rmtree(old, ignore_errors=True)
