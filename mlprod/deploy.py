@@ -161,7 +161,7 @@ def _tidy(env: Environment, released: dict, previous: dict | None):
     from mlprod.vertex import tidy
     tidy(env.endpoint, {released["deployed_model_id"], _deployed_id(previous)})
 
-# %% ../nbs/08c_deploy.ipynb #1e5ce2f2
+# %% ../nbs/08c_deploy.ipynb #d4205d1a
 def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
            env: Environment,
            action: str = "deploy", # deploy, or promote (what the ledger says)
@@ -188,12 +188,12 @@ def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
         store.commit(pointer_for(entry, entry["manifest_sha256"], signer, **at), token, entry)
         if undo: _tidy(env, undo.pop(), live)
         return Move(entry, gate)
-    except (BundleError, ConflictError, UsageError) as e:
+    except MlprodError as e:
         _refuse(store, env, action, version, live, e, **({"gate": e.details["gate"]} if "gate" in e.details else {}))
     finally:
         if undo: _undo(env, store, undo)
 
-# %% ../nbs/08c_deploy.ipynb #5cc625a1
+# %% ../nbs/08c_deploy.ipynb #25197ea7
 def promote(config: Config, source: str, target: str, # environment names
             by: str | None = None, progress: str = "auto") -> Move:
     "Deploy what `source` serves into `target`, gated again there."
@@ -228,7 +228,7 @@ def rollback(env: Environment, to: str | None = None, # the version to go back t
         store.commit(pointer_for(entry, entry["manifest_sha256"], bundle.signer, **at), token, entry)
         undo.clear()
         return Move(entry)
-    except (BundleError, ConflictError, UsageError) as e:
+    except MlprodError as e:
         _refuse(store, env, "rollback", target, live, e)
     finally:
         if undo: _undo(env, store, undo)
@@ -260,7 +260,7 @@ def history(env: Environment, limit: int | None = None) -> list:
     entries = open_store(env.store, env.name).ledger()
     return entries[-limit:] if limit else entries
 
-# %% ../nbs/08c_deploy.ipynb #25e77f04
+# %% ../nbs/08c_deploy.ipynb #060fb89c
 def _post(url: str, body: dict, token: str | None, timeout: float) -> tuple:
     "(HTTP status, JSON answer) of one POST; a `ModelUnavailable` when nothing answers."
     import urllib.error, urllib.request
@@ -278,6 +278,10 @@ def _answers(url: str, records: list, token, timeout) -> tuple:
     "(predictions, versions the API said it served) for records; None where a record was refused."
     status, body = _post(url, {"instances": records}, token, timeout)
     if status == 200: return body.get("predictions", []), {body.get("model", {}).get("version")}
+    if status == 413 and len(records) > 1:  # over the API's instance or body limit: halves
+        half = len(records) // 2
+        (p1, v1), (p2, v2) = _answers(url, records[:half], token, timeout), _answers(url, records[half:], token, timeout)
+        return p1 + p2, v1 | v2
     if status != 422:
         raise UsageError(f"The API at {url} answered {status} {body.get('code', '')}: {body.get('message', '')}".strip(),
                          code="verify_refused")
