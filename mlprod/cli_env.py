@@ -49,7 +49,7 @@ def env_init(args) -> int:
     print(f"  signing key {cfg.private_key_file} (owner-only); bundles must be signed by it to go live")
     return 0
 
-# %% ../nbs/09g_cli_env.ipynb #259e7347
+# %% ../nbs/09g_cli_env.ipynb #5bb23adc
 # command: sign
 @command("sign")
 def _add_sign(sub):
@@ -92,7 +92,7 @@ def _report(move) -> None:
     g = e.get("gate")
     if g:
         metric = f"; test {g['metric']} {g['value']:.6g}" if g.get("value") is not None else ""
-        paths = ", ".join(f"{p} {n} failed" for p, n in g["failed_rows"].items())
+        paths = ", ".join(f"{p}: {n} differ" for p, n in g["failed_rows"].items())
         print(f"gate passed on {g['rows']} rows ({paths}){metric}")
     if e.get("seconds"): print("seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in e["seconds"].items()))
 

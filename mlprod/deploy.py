@@ -74,7 +74,7 @@ def run_gate(bundle, # the deployed copy, loaded (`load_bundle`)
         elif _worse(metric, value, gate.threshold): problems.append(f"test {metric} {value:.6g} is worse than the threshold {gate.threshold:g}")
     return GateResult(not problems, len(ts), diffs, metric, value, gate.threshold, time.perf_counter() - t0, problems)
 
-# %% ../nbs/08c_deploy.ipynb #867cb38e
+# %% ../nbs/08c_deploy.ipynb #0351789a
 @dataclass
 class Move:
     "One deploy, promote or rollback that went through: its ledger entry, the gate's result and the timings."
@@ -84,8 +84,8 @@ class Move:
     @property
     def version(self) -> str: return self.entry["version"]
 
-def _source(uri: str, trust) -> tuple:
-    "(fs, folder, manifest, its bytes, signed?, signer): the bundle to deploy, its signature checked against `trust`."
+def _source(uri: str) -> tuple:
+    "(fs, folder, manifest, its bytes, signature.json's bytes or None): the bundle to deploy."
     from mlprod.bundle import locate_bundle
     from mlprod.signing import SIGNATURE_FILE
     fs, root = locate_bundle(uri)
@@ -98,7 +98,7 @@ def _source(uri: str, trust) -> tuple:
         raise BundleError(f"Bundle {uri}: manifest.json lacks its version or hashes.", code="bundle_tampered")
     try: sig = fs.cat_file(f"{root}/{SIGNATURE_FILE}")
     except FileNotFoundError: sig = None
-    return fs, root, manifest, raw, sig is not None, trust.check(raw, sig, uri)
+    return fs, root, manifest, raw, sig
 
 def _progress(total: int, desc: str, mode: str):
     from mlprod.select import Progress
@@ -161,7 +161,7 @@ def _tidy(env: Environment, released: dict, previous: dict | None):
     from mlprod.vertex import tidy
     tidy(env.endpoint, {released["deployed_model_id"], _deployed_id(previous)})
 
-# %% ../nbs/08c_deploy.ipynb #d4205d1a
+# %% ../nbs/08c_deploy.ipynb #e18e8ae2
 def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
            env: Environment,
            action: str = "deploy", # deploy, or promote (what the ledger says)
@@ -174,9 +174,10 @@ def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
     live, token = store.read_live()
     t0, version, undo = time.perf_counter(), None, []
     try:
-        fs, root, manifest, raw, signed, signer = _source(str(bundle_uri), env.trust)
+        fs, root, manifest, raw, signature = _source(str(bundle_uri))
         version = manifest["version"]
-        dest, bundle, copy_s, verify_s = _verified_copy(store, env, fs, root, manifest, signed, progress)
+        signer = env.trust.check(raw, signature, str(bundle_uri))
+        dest, bundle, copy_s, verify_s = _verified_copy(store, env, fs, root, manifest, signature is not None, progress)
         if store.read_live()[1] != token: raise ConflictError(_moved(env.name, store.live()))  # early: skip the gate
         gate = _gate(env, dest, bundle, undo)
         at = {"endpoint": undo[-1]} if undo else {}
