@@ -14,9 +14,10 @@ from .cli import command, print_frame, _positive_int
 # %% auto #0
 __all__ = ['env_init', 'sign', 'deploy', 'promote', 'rollback', 'status', 'history', 'verify']
 
-# %% ../nbs/09g_cli_env.ipynb #1c7471ab
+# %% ../nbs/09g_cli_env.ipynb #fc3719b6
 def _config_arg(p):
-    p.add_argument("--config", metavar="FILE", help="the environment config (default: $MLPROD_CONFIG, else ./mlprod.yaml)")
+    p.add_argument("--config", metavar="FILE",
+                   help="the environment config (default: $MLPROD_CONFIG, else ./mlprod.yaml)")
 
 def _progress_arg(p):
     p.add_argument("--progress", choices=["auto", "bar", "plain", "off"], default="auto",
@@ -32,9 +33,10 @@ def _add_env(sub):
     p = sub.add_parser("env", help="set up deployment environments", description="Set up deployment environments.")
     p.set_defaults(parser=p)
     envs = p.add_subparsers(title="env commands", metavar="ENV_COMMAND")
-    init = envs.add_parser("init", help="write mlprod.yaml for dev, staging and prod on local folders, with signing keys",
-                           description="Write a working config: dev, staging and prod stores as folders under DIR, and "
-                                       "an Ed25519 key pair in DIR/keys (the private key owner-only, outside the stores).")
+    init = envs.add_parser("init", help="write mlprod.yaml for dev, staging and prod on local folders, with keys",
+                           description="Write a working config: dev, staging and prod stores as folders under DIR, "
+                                       "and an Ed25519 key pair in DIR/keys (the private key owner-only, outside the "
+                                       "stores).")
     init.add_argument("--root", required=True, metavar="DIR", help="the folder for the stores and the keys")
     init.add_argument("--config", metavar="FILE", help="where to write the config (default: ./mlprod.yaml)")
     init.add_argument("--force", action="store_true", help="replace an existing config and key pair")
@@ -49,7 +51,7 @@ def env_init(args) -> int:
     print(f"  signing key {cfg.private_key_file} (owner-only); bundles must be signed by it to go live")
     return 0
 
-# %% ../nbs/09g_cli_env.ipynb #5bb23adc
+# %% ../nbs/09g_cli_env.ipynb #fd2343f6
 # command: sign
 @command("sign")
 def _add_sign(sub):
@@ -68,8 +70,8 @@ def sign(args) -> int:
     found = find_config(args.config, required=False)
     key = signing_key(load_config(found) if found else None)
     if key is None:
-        raise UsageError("No signing key: set MLPROD_SIGNING_KEY (or MLPROD_SIGNING_KEY_FILE), or signing.private_key_file "
-                         "in the config.", code="no_signing_key")
+        raise UsageError("No signing key: set MLPROD_SIGNING_KEY (or MLPROD_SIGNING_KEY_FILE), or "
+                         "signing.private_key_file in the config.", code="no_signing_key")
     doc = sign_bundle(args.bundle, key)
     print(f"signed {args.bundle} with key {doc['key_id']} ({doc['signed_at']})")
     return 0
@@ -78,8 +80,8 @@ def sign(args) -> int:
 @command("deploy")
 def _add_deploy(sub):
     p = sub.add_parser("deploy", help="deploy a bundle to an environment behind its test-set gate",
-                       description="Copy BUNDLE into the environment's store, verify it there, replay its test set (the "
-                                   "gate), and only then switch the environment's live pointer.")
+                       description="Copy BUNDLE into the environment's store, verify it there, replay its test set "
+                                   "(the gate), and only then switch the environment's live pointer.")
     p.add_argument("bundle", metavar="BUNDLE", help="the bundle: a folder or gs:// URL")
     p.add_argument("--env", required=True, metavar="NAME", help="the environment (dev, staging, prod...)")
     _config_arg(p); _progress_arg(p)
@@ -88,7 +90,8 @@ def _add_deploy(sub):
 def _report(move) -> None:
     "Print what a move did, in two lines."
     e = move.entry
-    print(f"{e['action']}: {e.get('name', '')} {e['version']} is live in {e['env']} (previous: {e.get('previous') or 'none'})")
+    previous = e.get("previous") or "none"
+    print(f"{e['action']}: {e.get('name', '')} {e['version']} is live in {e['env']} (previous: {previous})")
     g = e.get("gate")
     if g:
         metric = f"; test {g['metric']} {g['value']:.6g}" if g.get("value") is not None else ""
@@ -102,13 +105,13 @@ def deploy(args) -> int:
     _report(run(args.bundle, _config(args).env(args.env), progress=args.progress))
     return 0
 
-# %% ../nbs/09g_cli_env.ipynb #7275cd04
+# %% ../nbs/09g_cli_env.ipynb #bd5a7665
 # command: promote
 @command("promote")
 def _add_promote(sub):
     p = sub.add_parser("promote", help="deploy what one environment serves into another, gated again there",
-                       description="Copy the bundle live in --from into --to, verify it against --to's trusted key and "
-                                   "run --to's gate before switching --to's pointer.")
+                       description="Copy the bundle live in --from into --to, verify it against --to's trusted key "
+                                   "and run --to's gate before switching --to's pointer.")
     p.add_argument("--from", dest="source", required=True, metavar="ENV")
     p.add_argument("--to", dest="target", required=True, metavar="ENV")
     _config_arg(p); _progress_arg(p)
@@ -135,11 +138,12 @@ def rollback(args) -> int:
     _report(run(_config(args).env(args.env), to=args.to))
     return 0
 
-# %% ../nbs/09g_cli_env.ipynb #ac3d2dc5
+# %% ../nbs/09g_cli_env.ipynb #62381a91
 # command: status
 @command("status")
 def _add_status(sub):
-    p = sub.add_parser("status", help="print each environment's live version", description="Print what each environment serves.")
+    p = sub.add_parser("status", help="print each environment's live version",
+                       description="Print what each environment serves.")
     p.add_argument("--env", metavar="NAME", help="only this environment")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _config_arg(p)
@@ -167,7 +171,8 @@ def _add_history(sub):
 def _detail(e: dict) -> str:
     if e["action"] == "refused": return f"{e.get('attempted')} refused: {e.get('code')}: {e.get('reason', '')}"
     g = e.get("gate") or {}
-    return f"gate passed, {g['metric']} {g['value']:.4g}" if g.get("value") is not None else ("recovered" if e.get("recovered") else "")
+    if g.get("value") is not None: return f"gate passed, {g['metric']} {g['value']:.4g}"
+    return "recovered" if e.get("recovered") else ""
 
 def history(args) -> int:
     import pandas as pd
@@ -176,12 +181,13 @@ def history(args) -> int:
     if args.json:
         for e in got: print(json.dumps(e))
         return 0
-    rows = [{"at": e.get("at"), "action": e["action"], "version": e.get("version"), "previous": e.get("previous") or e.get("live"),
-             "by": e.get("by"), "detail": _detail(e)} for e in got]
-    print_frame(pd.DataFrame(rows, columns=["at", "action", "version", "previous", "by", "detail"]).fillna("-"), max_colwidth=80)
+    rows = [{"at": e.get("at"), "action": e["action"], "version": e.get("version"),
+             "previous": e.get("previous") or e.get("live"), "by": e.get("by"), "detail": _detail(e)} for e in got]
+    columns = ["at", "action", "version", "previous", "by", "detail"]
+    print_frame(pd.DataFrame(rows, columns=columns).fillna("-"), max_colwidth=80)
     return 0
 
-# %% ../nbs/09g_cli_env.ipynb #17e93f84
+# %% ../nbs/09g_cli_env.ipynb #a2ef72a0
 # command: verify
 @command("verify")
 def _add_verify(sub):
@@ -205,7 +211,8 @@ def _api_token() -> str | None:
 
 def verify(args) -> int:
     "`mlprod verify`: the library's `verify_live`, reported; exit 4 when any answer differs."
-    from mlprod.bundle import describe_differences, load_bundle
+    from mlprod.bundle import load_bundle
+    from mlprod.testset import describe_differences
     from mlprod.deploy import verify_live
     from mlprod.errors import BundleError, UsageError
     if bool(args.bundle) == bool(args.env): raise UsageError("give either BUNDLE or --env NAME.", code="usage_error")

@@ -53,28 +53,32 @@ def _worse(metric: str, value: float, threshold: float) -> bool:
     from mlprod.select import GREATER_IS_BETTER
     return value < threshold if metric in GREATER_IS_BETTER else value > threshold
 
-# %% ../nbs/08c_deploy.ipynb #71bc3a39
+# %% ../nbs/08c_deploy.ipynb #06d3407a
 def run_gate(bundle, # the deployed copy, loaded (`load_bundle`)
              gate: Gate,
              replays: dict | None = None, # path -> (test set, predictions); default: the bundle's own paths
             ) -> GateResult:
     "Replay the test set on each path and judge the predictions and the metric."
-    from mlprod.bundle import diff_expected, equal_tolerance, replay_testset, describe_differences
+    from mlprod.bundle import replay_testset
+    from mlprod.testset import describe_differences, diff_expected, equal_tolerance
     t0 = time.perf_counter()
     replays = replays or {p: replay_testset(bundle, p) for p in gate.paths}
     scale = float(bundle.metrics.get("target_scale", 1.0)) if bundle.task == "regression" else 1.0
     tol = gate.tolerance or equal_tolerance(bundle.manifest)
-    diffs = {p: diff_expected(ts, preds, bundle.task, bundle.spec.target.classes, scale, tol) for p, (ts, preds) in replays.items()}
-    problems = [f"{p} path: {describe_differences(d)}" for p, d in diffs.items() if d["failed_rows"] > gate.max_failed_rows]
+    classes = bundle.spec.target.classes
+    diffs = {p: diff_expected(ts, preds, bundle.task, classes, scale, tol) for p, (ts, preds) in replays.items()}
+    problems = [f"{p} path: {describe_differences(d)}" for p, d in diffs.items()
+                if d["failed_rows"] > gate.max_failed_rows]
     metric = gate.metric or bundle.metrics.get("metric") or ("rmse" if bundle.task == "regression" else "roc_auc")
     ts, preds = next(iter(replays.values()))
     value = test_metric(bundle, ts, preds, metric)
-    if gate.threshold is not None:
-        if value is None: problems.append(f"the test set has no {bundle.spec.target.name} column to compute {metric} from")
-        elif _worse(metric, value, gate.threshold): problems.append(f"test {metric} {value:.6g} is worse than the threshold {gate.threshold:g}")
+    if gate.threshold is not None and value is None:
+        problems.append(f"the test set has no {bundle.spec.target.name} column to compute {metric} from")
+    elif gate.threshold is not None and _worse(metric, value, gate.threshold):
+        problems.append(f"test {metric} {value:.6g} is worse than the threshold {gate.threshold:g}")
     return GateResult(not problems, len(ts), diffs, metric, value, gate.threshold, time.perf_counter() - t0, problems)
 
-# %% ../nbs/08c_deploy.ipynb #0351789a
+# %% ../nbs/08c_deploy.ipynb #46f515f1
 @dataclass
 class Move:
     "One deploy, promote or rollback that went through: its ledger entry, the gate's result and the timings."
@@ -86,14 +90,16 @@ class Move:
 
 def _source(uri: str) -> tuple:
     "(fs, folder, manifest, its bytes, signature.json's bytes or None): the bundle to deploy."
-    from mlprod.bundle import locate_bundle
+    from mlprod.bucket import locate_bundle
     from mlprod.signing import SIGNATURE_FILE
     fs, root = locate_bundle(uri)
     try: raw = fs.cat_file(f"{root}/manifest.json")
-    except FileNotFoundError: raise BundleError(f"No bundle at {uri}: it has no manifest.json.", code="bundle_incomplete") from None
+    except FileNotFoundError:
+        raise BundleError(f"No bundle at {uri}: it has no manifest.json.", code="bundle_incomplete") from None
     except OSError as e: raise StorageError(f"Cannot read the bundle at {uri}: {e}") from e
     try: manifest = json.loads(raw)
-    except ValueError: raise BundleError(f"Bundle {uri}: manifest.json is not valid JSON.", code="bundle_tampered") from None
+    except ValueError:
+        raise BundleError(f"Bundle {uri}: manifest.json is not valid JSON.", code="bundle_tampered") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("hashes"), dict) or not manifest.get("version"):
         raise BundleError(f"Bundle {uri}: manifest.json lacks its version or hashes.", code="bundle_tampered")
     try: sig = fs.cat_file(f"{root}/{SIGNATURE_FILE}")
@@ -134,7 +140,7 @@ def _refuse(store: Store, env: Environment, action: str, version, live, err: Mlp
     except MlprodError: pass
     raise err
 
-# %% ../nbs/08c_deploy.ipynb #0d18cc6d
+# %% ../nbs/08c_deploy.ipynb #97631942
 def _gate(env: Environment, dest: str, bundle, undo: list) -> GateResult:
     "Run the gate on the copy, or on the endpoint it is released to (appended to `undo` until the move is done)."
     if env.endpoint is None: gate = run_gate(bundle, env.gate)
@@ -143,8 +149,8 @@ def _gate(env: Environment, dest: str, bundle, undo: list) -> GateResult:
         undo.append(release(env.endpoint, f"{dest}/model", f"{bundle.name}-{bundle.version}"))
         gate = run_gate(bundle, env.gate, {"endpoint": endpoint_replay(env.endpoint, bundle)})
     if not gate.passed:
-        raise BundleError(f"Bundle {bundle.name} {bundle.version} failed the gate of {env.name}: " + "; ".join(gate.problems),
-                          code="gate_failed", gate=gate.summary())
+        raise BundleError(f"Bundle {bundle.name} {bundle.version} failed the gate of {env.name}: "
+                          + "; ".join(gate.problems), code="gate_failed", gate=gate.summary())
     return gate
 
 def _deployed_id(pointer: dict | None) -> str | None:
@@ -161,7 +167,7 @@ def _tidy(env: Environment, released: dict, previous: dict | None):
     from mlprod.vertex import tidy
     tidy(env.endpoint, {released["deployed_model_id"], _deployed_id(previous)})
 
-# %% ../nbs/08c_deploy.ipynb #e18e8ae2
+# %% ../nbs/08c_deploy.ipynb #486d432c
 def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
            env: Environment,
            action: str = "deploy", # deploy, or promote (what the ledger says)
@@ -177,13 +183,15 @@ def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
         fs, root, manifest, raw, signature = _source(str(bundle_uri))
         version = manifest["version"]
         signer = env.trust.check(raw, signature, str(bundle_uri))
-        dest, bundle, copy_s, verify_s = _verified_copy(store, env, fs, root, manifest, signature is not None, progress)
+        signed = signature is not None
+        dest, bundle, copy_s, verify_s = _verified_copy(store, env, fs, root, manifest, signed, progress)
         if store.read_live()[1] != token: raise ConflictError(_moved(env.name, store.live()))  # early: skip the gate
         gate = _gate(env, dest, bundle, undo)
         at = {"endpoint": undo[-1]} if undo else {}
         seconds = {"copy": copy_s, "verify": verify_s, "gate": gate.seconds, "total": time.perf_counter() - t0}
-        entry = new_entry(action, env.name, version, by=by, previous=live["version"] if live else None, name=bundle.name,
-                          signer=signer, manifest_sha256=_sha256(raw), source=origin or {"uri": str(bundle_uri)},
+        entry = new_entry(action, env.name, version, by=by, previous=live["version"] if live else None,
+                          name=bundle.name, signer=signer, manifest_sha256=_sha256(raw),
+                          source=origin or {"uri": str(bundle_uri)},
                           test=bundle.metrics.get("test"), gate=gate.summary(),
                           seconds={k: round(v, 3) for k, v in seconds.items()}, **at)
         store.commit(pointer_for(entry, entry["manifest_sha256"], signer, **at), token, entry)
@@ -194,7 +202,7 @@ def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
     finally:
         if undo: _undo(env, store, undo)
 
-# %% ../nbs/08c_deploy.ipynb #25197ea7
+# %% ../nbs/08c_deploy.ipynb #a3b595c4
 def promote(config: Config, source: str, target: str, # environment names
             by: str | None = None, progress: str = "auto") -> Move:
     "Deploy what `source` serves into `target`, gated again there."
@@ -213,16 +221,19 @@ def rollback(env: Environment, to: str | None = None, # the version to go back t
     target, undo = to or (live or {}).get("previous"), []
     try:
         if live is None: raise UsageError(f"{env.name} has nothing live to roll back.", code="nothing_live")
-        if target is None: raise UsageError(f"{env.name} has no earlier version to roll back to; name one with --to.", code="no_previous")
+        if target is None:
+            raise UsageError(f"{env.name} has no earlier version to roll back to; name one with --to.",
+                             code="no_previous")
         if target == live["version"]: raise UsageError(f"{env.name} already serves {target}.", code="already_live")
         uri = store.bundle_uri(target)
         try: bundle = load_bundle(uri, trust=env.trust)
         except BundleError as e:
-            if e.code == "bundle_incomplete": raise UsageError(f"{env.name}'s store has no complete copy of {target}.", code="unknown_version") from None
-            raise
+            if e.code != "bundle_incomplete": raise
+            raise UsageError(f"{env.name}'s store has no complete copy of {target}.", code="unknown_version") from None
         if env.endpoint is not None:
             from mlprod.vertex import route_back
-            undo.append(route_back(env.endpoint, _endpoint_of(store, target), f"{uri}/model", f"{bundle.name}-{target}"))
+            known = _endpoint_of(store, target)
+            undo.append(route_back(env.endpoint, known, f"{uri}/model", f"{bundle.name}-{target}"))
         at = {"endpoint": undo[-1]} if undo else {}
         entry = new_entry("rollback", env.name, target, by=by, previous=live["version"], name=bundle.name,
                           signer=bundle.signer, manifest_sha256=_sha256(_read_manifest_bytes(uri)), **at)
@@ -235,7 +246,7 @@ def rollback(env: Environment, to: str | None = None, # the version to go back t
         if undo: _undo(env, store, undo)
 
 def _read_manifest_bytes(uri: str) -> bytes:
-    from mlprod.bundle import locate_bundle
+    from mlprod.bucket import locate_bundle
     fs, root = locate_bundle(uri)
     return fs.cat_file(f"{root}/manifest.json")
 
@@ -245,15 +256,16 @@ def _endpoint_of(store: Store, version: str) -> dict | None:
         if e.get("version") == version and e.get("endpoint"): return e["endpoint"]
     return None
 
-# %% ../nbs/08c_deploy.ipynb #af1293fc
+# %% ../nbs/08c_deploy.ipynb #2dc48661
 def status(config: Config, names: list | None = None) -> list:
     "One row per environment: what is live, since when, by whom, signed by which key."
     rows = []
     for name in names or list(config.environments):
         env = config.env(name)
         live = open_store(env.store, name).live() or {}
-        rows.append({"env": name, "version": live.get("version"), "action": live.get("action"), "since": live.get("deployed_at"),
-                     "by": live.get("by"), "signer": live.get("signer"), "store": env.store})
+        rows.append({"env": name, "version": live.get("version"), "action": live.get("action"),
+                     "since": live.get("deployed_at"), "by": live.get("by"), "signer": live.get("signer"),
+                     "store": env.store})
     return rows
 
 def history(env: Environment, limit: int | None = None) -> list:
@@ -261,7 +273,7 @@ def history(env: Environment, limit: int | None = None) -> list:
     entries = open_store(env.store, env.name).ledger()
     return entries[-limit:] if limit else entries
 
-# %% ../nbs/08c_deploy.ipynb #060fb89c
+# %% ../nbs/08c_deploy.ipynb #bf4579a4
 def _post(url: str, body: dict, token: str | None, timeout: float) -> tuple:
     "(HTTP status, JSON answer) of one POST; a `ModelUnavailable` when nothing answers."
     import urllib.error, urllib.request
@@ -273,7 +285,8 @@ def _post(url: str, body: dict, token: str | None, timeout: float) -> tuple:
         try: return e.code, json.loads(e.read())
         except ValueError: return e.code, {}
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ModelUnavailable(f"The API at {url} did not answer: {getattr(e, 'reason', e)}.", code="endpoint_unavailable") from None
+        raise ModelUnavailable(f"The API at {url} did not answer: {getattr(e, 'reason', e)}.",
+                               code="endpoint_unavailable") from None
 
 def _answers(url: str, records: list, token, timeout) -> tuple:
     "(predictions, versions the API said it served) for records; None where a record was refused."
@@ -281,11 +294,12 @@ def _answers(url: str, records: list, token, timeout) -> tuple:
     if status == 200: return body.get("predictions", []), {body.get("model", {}).get("version")}
     if status == 413 and len(records) > 1:  # over the API's instance or body limit: halves
         half = len(records) // 2
-        (p1, v1), (p2, v2) = _answers(url, records[:half], token, timeout), _answers(url, records[half:], token, timeout)
+        p1, v1 = _answers(url, records[:half], token, timeout)
+        p2, v2 = _answers(url, records[half:], token, timeout)
         return p1 + p2, v1 | v2
     if status != 422:
-        raise UsageError(f"The API at {url} answered {status} {body.get('code', '')}: {body.get('message', '')}".strip(),
-                         code="verify_refused")
+        why = f"{body.get('code', '')}: {body.get('message', '')}".strip(": ")
+        raise UsageError(f"The API at {url} answered {status} {why}", code="verify_refused")
     preds, versions = [], set()
     for r in records:
         status, body = _post(url, r, token, timeout)
@@ -298,7 +312,8 @@ def verify_live(url: str, # the API's base URL (http://host:port)
                 token: str | None = None, # a bearer token, when the API asks for one
                 batch: int = 100, timeout: float = 30.0) -> dict:
     "Replay the test set through the API at `url`: `diff_expected`'s result plus the versions it served."
-    from mlprod.bundle import diff_expected, equal_tolerance, frame_records
+    from mlprod.bundle import frame_records
+    from mlprod.testset import diff_expected, equal_tolerance
     ts = bundle.testset()
     inputs = frame_records(ts[[c for c in ts.columns if c in bundle.spec.features]])
     predict = url.rstrip("/") + "/v1/predict"

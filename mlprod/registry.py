@@ -65,7 +65,7 @@ class Config:
                              f"{', '.join(self.environments) or 'none'}.", code="unknown_environment")
         return self.environments[name]
 
-# %% ../nbs/08_registry.ipynb #293dd8ef
+# %% ../nbs/08_registry.ipynb #e9b2dc0b
 class _Problems(list):
     "Problems found in the config, each `path: message`."
     def add(self, path: str, message: str): self.append(f"{path}: {message}")
@@ -81,7 +81,8 @@ class _Problems(list):
         if v is None: return None
         ok = isinstance(v, int) if integer else isinstance(v, (int, float))
         if not ok or isinstance(v, bool) or (positive and v <= 0) or (integer and v < 0):
-            self.add(f"{path}.{key}", f"must be {'a whole number ≥ 0' if integer else 'a number above 0' if positive else 'a number'}, not {v!r}")
+            kind = "a whole number ≥ 0" if integer else "a number above 0" if positive else "a number"
+            self.add(f"{path}.{key}", f"must be {kind}, not {v!r}")
             return None
         return v
 
@@ -118,7 +119,7 @@ def _parse_endpoint(doc, path: str, problems: _Problems) -> VertexTarget | None:
     if any(vals.get(k) is None for k in ("project", "location", "endpoint", "serving_container")): return None
     return VertexTarget(**{k: v for k, v in vals.items() if v is not None})
 
-# %% ../nbs/08_registry.ipynb #89ec7098
+# %% ../nbs/08_registry.ipynb #3394349e
 def parse_config(doc, # the YAML document, parsed
                  base: Path = Path("."), # the folder relative paths start from
                  path: Path | None = None, # the file, for messages
@@ -129,7 +130,8 @@ def parse_config(doc, # the YAML document, parsed
                         {"environments"})
     if doc.get("config_version", 1) != 1: problems.add("config.config_version", "must be 1")
     signing = problems.keys(doc.get("signing") or {}, "signing", {"public_key", "private_key_file", "require"})
-    default_key = _key(signing["public_key"], base, "signing.public_key", problems, load_public_key) if signing.get("public_key") else None
+    default_key = (_key(signing["public_key"], base, "signing.public_key", problems, load_public_key)
+                   if signing.get("public_key") else None)
     private = _resolve(signing["private_key_file"], base) if isinstance(signing.get("private_key_file"), str) else None
     if "private_key_file" in signing and private is None: problems.add("signing.private_key_file", "must be a path")
     require = signing.get("require")
@@ -142,14 +144,17 @@ def parse_config(doc, # the YAML document, parsed
         p = f"environments.{name}"
         e = problems.keys(e, p, _ENV_KEYS, {"store"})
         store = problems.text(e, "store", p)
-        key = _key(e["public_key"], base, f"{p}.public_key", problems, load_public_key) if e.get("public_key") else default_key
+        key = (_key(e["public_key"], base, f"{p}.public_key", problems, load_public_key) if e.get("public_key")
+               else default_key)
         req = e.get("require_signed", require)
-        if req is not None and not isinstance(req, bool): problems.add(f"{p}.require_signed", "must be true or false"); req = None
+        if req is not None and not isinstance(req, bool):
+            problems.add(f"{p}.require_signed", "must be true or false"); req = None
         endpoint = _parse_endpoint(e.get("endpoint"), f"{p}.endpoint", problems)
         if endpoint is not None and store and not store.startswith("gs://"):
             problems.add(f"{p}.store", "must be a gs:// bucket when the environment has a Vertex AI endpoint")
-        envs[name] = Environment(str(name), _resolve(store, base) if store else "", _parse_gate(e.get("gate"), f"{p}.gate", problems),
-                                 Trust.of(key, required=req) if (key is not None or req is not None) else Trust(), endpoint)
+        trust = Trust.of(key, required=req) if (key is not None or req is not None) else Trust()
+        envs[name] = Environment(str(name), _resolve(store, base) if store else "",
+                                 _parse_gate(e.get("gate"), f"{p}.gate", problems), trust, endpoint)
     if problems:
         raise UsageError(f"{path or 'The config'} has {len(problems)} problem{'s' * (len(problems) > 1)}: "
                          + "; ".join(problems), code="config_invalid", problems=list(problems))
@@ -180,7 +185,7 @@ def load_config(path=None, # --config; else $MLPROD_CONFIG, else ./mlprod.yaml
         raise UsageError(f"Cannot read {p}: {' '.join(str(e).split())}", code="config_invalid") from None
     return parse_config(doc, p.parent, p)
 
-# %% ../nbs/08_registry.ipynb #c5f75a8d
+# %% ../nbs/08_registry.ipynb #1fcbfe52
 ENV_NAMES = ("dev", "staging", "prod")
 
 def _write_private(path: Path, data: bytes):
@@ -211,7 +216,8 @@ def init_environments(root, # the folder that holds the stores and the keys
     base = config.parent
     doc = {"config_version": 1,
            "signing": {"public_key": _relative(pub, base), "private_key_file": _relative(key, base), "require": True},
-           "environments": {n: {"store": _relative(root / n, base), "gate": {"max_failed_rows": 0}} for n in ENV_NAMES}}
+           "environments": {n: {"store": _relative(root / n, base), "gate": {"max_failed_rows": 0}}
+                            for n in ENV_NAMES}}
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("# mlprod environments: see the registry page of the docs. Paths are relative to this file.\n"
                       + yaml.safe_dump(doc, sort_keys=False))

@@ -19,7 +19,7 @@ from .errors import BundleError, UsageError
 __all__ = ['SIGNATURE_FILE', 'ALGORITHM', 'generate_keys', 'load_public_key', 'load_private_key', 'key_id', 'sign_manifest',
            'verify_manifest', 'env_flag', 'env_key', 'Trust']
 
-# %% ../nbs/05a_signing.ipynb #3a7992d6
+# %% ../nbs/05a_signing.ipynb #d640c17a
 SIGNATURE_FILE = "signature.json"
 ALGORITHM = "ed25519"
 
@@ -36,7 +36,8 @@ def _pem(value, what: str) -> bytes:
     text = value.decode() if isinstance(value, bytes) else str(value)
     if "-----BEGIN" in text: return text.strip().encode() + b"\n"
     try: return Path(text).expanduser().read_bytes()
-    except OSError as e: raise UsageError(f"Cannot read the {what} file {text}: {e.strerror}.", code="bad_key") from None
+    except OSError as e:
+        raise UsageError(f"Cannot read the {what} file {text}: {e.strerror}.", code="bad_key") from None
 
 def load_public_key(value, # PEM text, PEM bytes, or the path of a PEM file
                     what: str = "signing public key"):
@@ -61,7 +62,8 @@ def load_private_key(value, # PEM text, PEM bytes, or the path of a PEM file
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
     data = _pem(value, what)
     try: key = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError): raise UsageError(f"The {what} is not an unencrypted PEM private key.", code="bad_key") from None
+    except (ValueError, TypeError):
+        raise UsageError(f"The {what} is not an unencrypted PEM private key.", code="bad_key") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise UsageError(f"The {what} is a {type(key).__name__.lstrip('_')}; mlprod signs with Ed25519 keys.",
                          code="bad_key")
@@ -72,7 +74,7 @@ def key_id(public_key) -> str:
     from cryptography.hazmat.primitives import serialization as ser
     return hashlib.sha256(public_key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)).hexdigest()[:16]
 
-# %% ../nbs/05a_signing.ipynb #875505a6
+# %% ../nbs/05a_signing.ipynb #ac072bab
 def _now() -> str: return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 def sign_manifest(manifest: bytes, # the exact bytes of manifest.json
@@ -92,7 +94,7 @@ def verify_manifest(manifest: bytes, # the exact bytes of manifest.json
                     keys: dict, # trusted keys: key id -> Ed25519 public key
                     uri: str = "", # the bundle, for messages
                    ) -> str:
-    "The signer's key id when `signature` is a valid signature of `manifest` by a trusted key; `BundleError` otherwise."
+    "The signer's key id when `signature` is a valid signature of `manifest` by a trusted key; else `BundleError`."
     from cryptography.exceptions import InvalidSignature
     try:
         doc = json.loads(signature)
@@ -109,7 +111,7 @@ def verify_manifest(manifest: bytes, # the exact bytes of manifest.json
                 key_id=kid)
     return kid
 
-# %% ../nbs/05a_signing.ipynb #90a3d41b
+# %% ../nbs/05a_signing.ipynb #c401790e
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 def env_flag(env: dict, name: str) -> bool | None:
@@ -147,7 +149,7 @@ class Trust:
     def check(self, manifest: bytes, # the exact bytes of manifest.json
               signature: bytes | None, # signature.json's bytes, None when the bundle has none
               uri: str = "") -> str | None:
-        "The signer's key id; None for an unsigned (or uncheckable) bundle this policy lets load; `BundleError` otherwise."
+        "The signer's key id; None for an unsigned (or uncheckable) bundle this policy lets load; else `BundleError`."
         if signature is None:
             if self.required: _refuse(uri, "it is not signed, and signatures are required here.")
             return None

@@ -95,7 +95,7 @@ def _parse_ledger(data: bytes) -> list:
 
 def _line(entry: dict) -> bytes: return (json.dumps(entry, sort_keys=True) + "\n").encode()
 
-# %% ../nbs/08a_store.ipynb #776bf0ef
+# %% ../nbs/08a_store.ipynb #e71bad7e
 class LocalStore(Store):
     "A store in a local folder: rename-based pointer switch under an `flock` on `.lock`, ledger appended under it."
     def __init__(self, root, env: str = ""):
@@ -155,7 +155,9 @@ def _fsync_dir(path: Path):
 
 def _moved(env: str, live: dict | None) -> str:
     "Why a move was refused: what the pointer names now."
-    now = f"{live['version']} ({live.get('action', 'deploy')} by {live.get('by')} at {live.get('deployed_at')})" if live else "nothing"
+    now = "nothing"
+    if live:
+        now = f"{live['version']} ({live.get('action', 'deploy')} by {live.get('by')} at {live.get('deployed_at')})"
     return (f"Another move changed {env or 'the store'}'s live pointer while this one was working: it now points to "
             f"{now}. Nothing was switched; check `mlprod status` and retry.")
 
@@ -231,7 +233,7 @@ class GCSStore(Store):
 def _storage_error(uri: str, e: Exception) -> StorageError:
     return StorageError(f"Cannot use the store {uri}: {type(e).__name__}: {e}")
 
-# %% ../nbs/08a_store.ipynb #0954cfe0
+# %% ../nbs/08a_store.ipynb #26e46841
 def bundle_files(manifest: dict, signed: bool) -> list:
     "The files to copy, in order: every hashed file, then signature.json, then manifest.json."
     from mlprod.signing import SIGNATURE_FILE
@@ -246,8 +248,8 @@ def _copy_file(src_fs, src: str, dst_fs, dst: str, sha256: str | None = None, bl
             fo.write(chunk); h.update(chunk); n += len(chunk)
     if sha256 is not None and h.hexdigest() != sha256:
         name = src.rsplit("/", 1)[-1]
-        raise BundleError(f"Bundle {src.rsplit('/', 1)[0]} refused: {name} changed since it was written; its sha256 differs "
-                          f"from the manifest.", code="bundle_tampered", file=name)
+        raise BundleError(f"Bundle {src.rsplit('/', 1)[0]} refused: {name} changed since it was written; its sha256 "
+                          f"differs from the manifest.", code="bundle_tampered", file=name)
     return n
 
 def _alive(pid: int) -> bool:
@@ -268,7 +270,8 @@ def copy_in(store: Store, src_fs, src_root: str, # where the bundle is: fsspec f
     files = bundle_files(manifest, signed)
     on_file = on_file or (lambda name, size: None)
     try:
-        if isinstance(store, LocalStore): return _copy_local(Path(root), src_fs, src_root, manifest, files, on_file, replace)
+        if isinstance(store, LocalStore):
+            return _copy_local(Path(root), src_fs, src_root, manifest, files, on_file, replace)
         fs.invalidate_cache(root)
         if fs.exists(f"{root}/manifest.json") and not replace: return dest
         for f in files: on_file(f, _copy_file(src_fs, f"{src_root}/{f}", fs, f"{root}/{f}", manifest["hashes"].get(f)))

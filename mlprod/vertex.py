@@ -13,7 +13,7 @@ from .registry import VertexTarget
 # %% auto #0
 __all__ = ['sdk_settings', 'release', 'route_back', 'withdraw', 'tidy', 'EndpointEstimator', 'endpoint_replay']
 
-# %% ../nbs/08d_vertex.ipynb #894fd9c1
+# %% ../nbs/08d_vertex.ipynb #d67fa91d
 def sdk_settings(target: VertexTarget) -> dict:
     "The keyword arguments of `aiplatform.init` for `target`."
     kw = {"project": target.project, "location": target.location}
@@ -32,10 +32,10 @@ def _aiplatform(target: VertexTarget):
 
 def _unavailable(target: VertexTarget, what: str, e: Exception) -> ModelUnavailable:
     msg = " ".join(str(e).split())[:300]
-    return ModelUnavailable(f"Vertex AI endpoint {target.endpoint} ({target.project}/{target.location}): {what} failed: "
-                            f"{type(e).__name__}: {msg}", code="endpoint_unavailable")
+    return ModelUnavailable(f"Vertex AI endpoint {target.endpoint} ({target.project}/{target.location}): {what} "
+                            f"failed: {type(e).__name__}: {msg}", code="endpoint_unavailable")
 
-# %% ../nbs/08d_vertex.ipynb #7a605b2b
+# %% ../nbs/08d_vertex.ipynb #9a4a4bc2
 def _split(endpoint) -> dict:
     return {str(k): int(v) for k, v in (endpoint.traffic_split or {}).items()}
 
@@ -73,13 +73,14 @@ def route_back(target: VertexTarget, known: dict | None, # what the ledger kept 
 def withdraw(target: VertexTarget, released: dict, # what `release` or `route_back` returned
              fallback: str | None = None, # the deployed model that should serve instead (what LIVE names now)
             ):
-    "Undo a release whose move did not go through: traffic back to `fallback` (or as before), the new model undeployed."
+    "Undo a release whose move did not go through: traffic back to `fallback` (or as before), the new model out."
     try:
         ai = _aiplatform(target)
         endpoint = ai.Endpoint(target.endpoint)
         deployed = {str(d.id) for d in endpoint.list_models()}
         ours = released["deployed_model_id"]
-        back = fallback if fallback in deployed else max(released["previous_split"] or {None: 0}, key=lambda k: released["previous_split"].get(k, 0))
+        before = released["previous_split"] or {}
+        back = fallback if fallback in deployed else max(before, key=before.get, default=None)
         others = deployed - {ours}
         if back in others: endpoint.update(traffic_split={i: (100 if i == back else 0) for i in deployed})
         if not released.get("reused") and ours in deployed and others: endpoint.undeploy(ours)
@@ -94,16 +95,18 @@ def tidy(target: VertexTarget, keep: set):
         for d in endpoint.list_models():
             if str(d.id) not in keep and _split(endpoint).get(str(d.id), 0) == 0: endpoint.undeploy(str(d.id))
     except Exception as e:
-        print(f"warning: could not undeploy old models from {target.endpoint}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"warning: could not undeploy old models from {target.endpoint}: {type(e).__name__}: {e}",
+              file=sys.stderr)
 
-# %% ../nbs/08d_vertex.ipynb #fc8a1d90
+# %% ../nbs/08d_vertex.ipynb #bf35dd9c
 class EndpointEstimator:
     "An estimator whose predictions come from a Vertex AI endpoint (regression values, or class probabilities)."
     def __init__(self, endpoint, batch: int = 100): self.endpoint, self.batch = endpoint, batch
 
     def _ask(self, X) -> list:
         out = []
-        for i in range(0, len(X), self.batch): out += list(self.endpoint.predict(instances=X[i:i + self.batch].tolist()).predictions)
+        for i in range(0, len(X), self.batch):
+            out += list(self.endpoint.predict(instances=X[i:i + self.batch].tolist()).predictions)
         return out
 
     def predict(self, X):

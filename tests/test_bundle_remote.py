@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlprod.bundle import CURRENT, load_bundle, publish_bundle, sign_bundle
+from mlprod.bucket import CURRENT
+from mlprod.bundle import load_bundle, publish_bundle, sign_bundle
 from mlprod.errors import BundleError
 from mlprod.signing import Trust, generate_keys
 from test_api import build_bundle
