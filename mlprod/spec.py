@@ -50,6 +50,7 @@ class Feature:
     log: bool = False # log1p before scaling, for skewed non-negative columns
     parts: list | None = None # for datetime: which parts become features
     note: str | None = None # a sentence for the person editing the spec
+    keep: bool = False # the person's word that it is known at prediction time: the leak guard leaves it in
 
     def __post_init__(self):
         if self.type not in FEATURE_TYPES:
@@ -355,6 +356,7 @@ _HEADER = """\
 #   categories: the allowed values; unknown: reject (refuse others) | encode (treat others as "other")
 #   clip:       [low, high] outlier bounds applied before scaling; scale: standard | minmax; log: log1p first
 #   parts:      datetime only: which of hour, weekday, month, day, year, minute become features
+#   keep:       true = known at prediction time, trained on even if it predicts the target almost perfectly
 # location: latitude/longitude pairs and the region (bounding box) a valid point falls in.
 # derived:  distance (km to the nearest reference point), haversine (km between two points), ratio, lookup (a table
 #           keyed by a category column; the table is saved in the bundle's reference/).
@@ -366,7 +368,7 @@ def _clean(d: dict) -> dict:
     out = {}
     for k, v in d.items():
         if k == "name" or v is None or (isinstance(v, (list, dict)) and not v): continue
-        if (k, v) in (("required", True), ("unknown", "reject"), ("log", False)): continue
+        if (k, v) in (("required", True), ("unknown", "reject"), ("log", False), ("keep", False)): continue
         out[k] = v
     return out
 
