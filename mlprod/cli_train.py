@@ -98,6 +98,7 @@ def run_train_job(params: dict, output: str, force: bool = False):
     from pathlib import Path
     import papermill as pm
     from mlprod.bundle import add_report, is_remote, publish_bundle, load_bundle
+    from mlprod.registry import sign_if_configured
     from mlprod.select import job_path
     remote = is_remote(output)
     parent = None if remote else Path(output).absolute().parent
@@ -115,6 +116,7 @@ def run_train_job(params: dict, output: str, force: bool = False):
         pm.execute_notebook(job_path("train"), str(report), parameters=dict(params, output_uri=str(bundle_dir)),
                             kernel_name="python3", progress_bar=tty, log_output=not tty, cwd=os.getcwd())
         add_report(bundle_dir, report)
+        sign_if_configured(bundle_dir)  # signs when a key is configured (mlprod.registry)
         publish_bundle(bundle_dir, output, force=force)
         ok = True
     except pm.PapermillExecutionError as e:
