@@ -114,7 +114,7 @@ def _sha256(data: bytes) -> str:
     import hashlib
     return hashlib.sha256(data).hexdigest()
 
-# %% ../nbs/08c_deploy.ipynb #2ac21027
+# %% ../nbs/08c_deploy.ipynb #9994abda
 def _verified_copy(store: Store, env: Environment, fs, root, manifest: dict, signed: bool, progress: str) -> tuple:
     "(the copy's URI, the loaded copy, seconds copying, seconds verifying): copy, then verify there."
     from mlprod.bundle import load_bundle
@@ -125,7 +125,7 @@ def _verified_copy(store: Store, env: Environment, fs, root, manifest: dict, sig
         t1 = time.perf_counter()
         try: bundle = load_bundle(dest, trust=env.trust)
         except BundleError as e:
-            if e.code not in ("bundle_tampered", "bundle_incomplete"): raise
+            if e.code not in ("bundle_tampered", "bundle_incomplete", "signature_invalid"): raise
             bar.note(f"the copy in the store is damaged ({e.message}); copying again")
             dest = copy_in(store, fs, root, manifest, signed, replace=True)
             bundle = load_bundle(dest, trust=env.trust)
@@ -167,7 +167,7 @@ def _tidy(env: Environment, released: dict, previous: dict | None):
     from mlprod.vertex import tidy
     tidy(env.endpoint, {released["deployed_model_id"], _deployed_id(previous)})
 
-# %% ../nbs/08c_deploy.ipynb #486d432c
+# %% ../nbs/08c_deploy.ipynb #7ae4a2fe
 def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
            env: Environment,
            action: str = "deploy", # deploy, or promote (what the ledger says)
@@ -194,7 +194,7 @@ def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
                           source=origin or {"uri": str(bundle_uri)},
                           test=bundle.metrics.get("test"), gate=gate.summary(),
                           seconds={k: round(v, 3) for k, v in seconds.items()}, **at)
-        store.commit(pointer_for(entry, entry["manifest_sha256"], signer, **at), token, entry)
+        store.commit(pointer_for(entry, **at), token, entry)
         if undo: _tidy(env, undo.pop(), live)
         return Move(entry, gate)
     except MlprodError as e:
@@ -202,7 +202,7 @@ def deploy(bundle_uri: str, # the bundle: a folder or a URL (gs://...)
     finally:
         if undo: _undo(env, store, undo)
 
-# %% ../nbs/08c_deploy.ipynb #a3b595c4
+# %% ../nbs/08c_deploy.ipynb #4e85de44
 def promote(config: Config, source: str, target: str, # environment names
             by: str | None = None, progress: str = "auto") -> Move:
     "Deploy what `source` serves into `target`, gated again there."
@@ -237,7 +237,7 @@ def rollback(env: Environment, to: str | None = None, # the version to go back t
         at = {"endpoint": undo[-1]} if undo else {}
         entry = new_entry("rollback", env.name, target, by=by, previous=live["version"], name=bundle.name,
                           signer=bundle.signer, manifest_sha256=_sha256(_read_manifest_bytes(uri)), **at)
-        store.commit(pointer_for(entry, entry["manifest_sha256"], bundle.signer, **at), token, entry)
+        store.commit(pointer_for(entry, **at), token, entry)
         undo.clear()
         return Move(entry)
     except MlprodError as e:

@@ -23,7 +23,7 @@ from .errors import BundleError, ConflictError, StorageError, UsageError
 __all__ = ['LIVE_FILE', 'LEDGER_FILE', 'LOCK_FILE', 'BUNDLES', 'now_utc', 'actor', 'new_entry', 'pointer_for', 'Store',
            'LocalStore', 'GCSStore', 'bundle_files', 'copy_in', 'open_store', 'live_bundle_uri']
 
-# %% ../nbs/08a_store.ipynb #b7d7ee85
+# %% ../nbs/08a_store.ipynb #4a6e7875
 LIVE_FILE, LEDGER_FILE, LOCK_FILE, BUNDLES = "LIVE", "ledger.jsonl", ".lock", "bundles"
 
 def now_utc() -> str:
@@ -43,10 +43,11 @@ def new_entry(action: str, # deploy, promote, rollback or refused
     return {"id": uuid.uuid4().hex[:12], "action": action, "env": env, "version": version, "at": now_utc(),
             "by": fields.pop("by", None) or actor(), **fields}
 
-def pointer_for(entry: dict, manifest_sha256: str, signer: str | None, **extra) -> dict:
-    "The LIVE document a successful move (`entry`) sets."
-    return {"version": entry["version"], "manifest_sha256": manifest_sha256, "signer": signer,
-            "deployed_at": entry["at"], "by": entry["by"], "action": entry["action"],
+def pointer_for(entry: dict, # the ledger entry of a successful move (its version, manifest_sha256, signer...)
+                **extra) -> dict:
+    "The LIVE document the move sets."
+    return {"version": entry["version"], "manifest_sha256": entry.get("manifest_sha256"),
+            "signer": entry.get("signer"), "deployed_at": entry["at"], "by": entry["by"], "action": entry["action"],
             "previous": entry.get("previous"), "move": entry["id"], **extra}
 
 def _recovered(live: dict, env: str) -> dict:
