@@ -13,16 +13,15 @@ from mlprod.bucket import CURRENT
 from mlprod.bundle import load_bundle, publish_bundle, sign_bundle
 from mlprod.errors import BundleError
 from mlprod.signing import Trust, generate_keys
-from test_api import build_bundle
+from penguin_bundles import penguin_bundle
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    "Three local bundles of different versions, made once."
-    work = tmp_path_factory.mktemp("remote")
-    return [Path(build_bundle(work / f"v{i}.bundle", "penguins", max_iter=5 + 5 * i)) for i in range(3)]
+def made():
+    "Three local bundles of different versions."
+    return [penguin_bundle(r) for r in (10, 20, 30)]
 
 
 def publish(src: Path, uri: str, force=False):

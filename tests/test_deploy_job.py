@@ -7,7 +7,7 @@ import yaml
 
 from mlprod.select import job_path
 from mlprod.store import open_store
-from test_api import build_bundle
+from penguin_bundles import penguin_bundle
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,7 +29,7 @@ def text_of(nb) -> str:
 
 def test_the_deploy_job_deploys_promotes_and_records_a_refusal(tmp_path):
     import papermill as pm
-    a = build_bundle(tmp_path / "a.bundle", "penguins", max_iter=10)
+    a = penguin_bundle(10)
     cfg = tmp_path / "mlprod.yaml"
     cfg.write_text(yaml.safe_dump({"environments": {"dev": {"store": str(tmp_path / "dev")},
                                                     "prod": {"store": str(tmp_path / "prod"),

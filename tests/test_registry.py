@@ -8,7 +8,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,11 +17,11 @@ import yaml
 from mlprod.bundle import load_bundle, sign_bundle, write_manifest
 from mlprod.cli import capture
 from mlprod.deploy import deploy
-from mlprod.errors import BundleError, ConflictError
+from mlprod.errors import BundleError
 from mlprod.registry import load_config
 from mlprod.signing import SIGNATURE_FILE, generate_keys
 from mlprod.store import open_store
-from test_api import build_bundle
+from penguin_bundles import copy_of
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +50,8 @@ def bundles(work, keys):
     "Three signed penguin bundles of different versions (real models, about a second each)."
     out = {}
     for name, rounds in (("a", 10), ("b", 20), ("c", 30)):
-        path = build_bundle(work / f"{name}.bundle", "penguins", max_iter=rounds)
-        sign_bundle(path, keys["private"])
-        out[name] = Path(path)
+        out[name] = copy_of(rounds, work / f"{name}.bundle")
+        sign_bundle(out[name], keys["private"])
     assert len({load_bundle(p).version for p in out.values()}) == 3
     return out
 

@@ -10,7 +10,8 @@ import yaml
 from mlprod.cli import capture
 from mlprod.deploy import deploy
 from mlprod.registry import load_config
-from test_api import Server, build_bundle, free_port
+from penguin_bundles import penguin_bundle
+from test_api import Server, free_port
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ API_ENV = {"MLPROD_JWT_SECRET": SECRET, "MLPROD_JWT_AUDIENCE": "mlprod-verify-te
 def setup(tmp_path_factory):
     "dev has bundle a live; two servers run: one serving dev's live copy, one serving another version (b)."
     work = tmp_path_factory.mktemp("verify")
-    a, b = (build_bundle(work / f"{n}.bundle", "penguins", max_iter=m) for n, m in (("a", 10), ("b", 20)))
+    a, b = penguin_bundle(10), penguin_bundle(20)
     cfg = work / "mlprod.yaml"
     cfg.write_text(yaml.safe_dump({"environments": {"dev": {"store": str(work / "dev")}}}))
     live = deploy(a, load_config(cfg).env("dev"), progress="off")

@@ -4,7 +4,6 @@ the uploaded model from the emulator, or forwards to a server the test starts.""
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -13,16 +12,15 @@ from mlprod.deploy import deploy, history, rollback
 from mlprod.errors import BundleError, ModelUnavailable
 from mlprod.registry import parse_config
 from mlprod.store import open_store
-from test_api import build_bundle
+from penguin_bundles import penguin_bundle
 
 pytestmark = pytest.mark.timeout(240)
 CONTAINER = "europe-docker.pkg.dev/acme/mlprod/model-server:1"
 
 
 @pytest.fixture(scope="module")
-def two_bundles(tmp_path_factory):
-    work = tmp_path_factory.mktemp("vertex")
-    return [Path(build_bundle(work / f"{n}.bundle", "penguins", max_iter=m)) for n, m in (("a", 10), ("b", 20))]
+def two_bundles():
+    return [penguin_bundle(10), penguin_bundle(20)]
 
 
 @pytest.fixture
