@@ -50,7 +50,7 @@ def env_init(args) -> int:
     print(f"  signing key {cfg.private_key_file} (owner-only); bundles must be signed by it to go live")
     return 0
 
-# %% ../nbs/09g_cli_env.ipynb #fd2343f6
+# %% ../nbs/09g_cli_env.ipynb #d4d943e8
 # command: sign
 @command("sign")
 def _add_sign(sub):
@@ -65,9 +65,8 @@ def sign(args) -> int:
     "`mlprod sign`: verify the bundle's files, sign its manifest, write signature.json."
     from mlprod.bundle import sign_bundle
     from mlprod.errors import UsageError
-    from mlprod.registry import find_config, load_config, signing_key
-    found = find_config(args.config, required=False)
-    key = signing_key(load_config(found) if found else None)
+    from mlprod.registry import configured_signing_key
+    key = configured_signing_key(args.config)
     if key is None:
         raise UsageError("No signing key: set MLPROD_SIGNING_KEY (or MLPROD_SIGNING_KEY_FILE), or "
                          "signing.private_key_file in the config.", code="no_signing_key")

@@ -14,7 +14,8 @@ from .signing import Trust, env_key, generate_keys, load_private_key, load_publi
 
 # %% auto #0
 __all__ = ['CONFIG_NAME', 'ENV_NAMES', 'Gate', 'VertexTarget', 'Environment', 'Config', 'parse_config', 'find_config',
-           'load_config', 'init_environments', 'signing_key', 'sign_if_configured', 'LiveBundle', 'live_bundle']
+           'load_config', 'init_environments', 'signing_key', 'configured_signing_key', 'sign_if_configured',
+           'LiveBundle', 'live_bundle']
 
 # %% ../nbs/08_registry.ipynb #caf7fa29
 CONFIG_NAME = "mlprod.yaml"
@@ -222,7 +223,7 @@ def init_environments(root, # the folder that holds the stores and the keys
                       + yaml.safe_dump(doc, sort_keys=False))
     return load_config(config)
 
-# %% ../nbs/08_registry.ipynb #28aa5055
+# %% ../nbs/08_registry.ipynb #b8803bb3
 def signing_key(config: Config | None = None, env: dict | None = None):
     "The private signing key from `MLPROD_SIGNING_KEY[_FILE]`, else the config's; None when neither is set."
     env = os.environ if env is None else env
@@ -230,13 +231,18 @@ def signing_key(config: Config | None = None, env: dict | None = None):
     if value is None and config is not None and config.private_key_file: value = config.private_key_file
     return None if value is None else load_private_key(value)
 
+def configured_signing_key(config_path=None, # --config; default $MLPROD_CONFIG or ./mlprod.yaml, if there is one
+                          ):
+    "`signing_key` of the environment variables and the config, when there is a config; None when there is no key."
+    found = find_config(config_path, required=False)
+    return signing_key(load_config(found) if found else None)
+
 def sign_if_configured(bundle_dir, # a finished bundle (its manifest written last)
                        config_path=None, # --config; default $MLPROD_CONFIG or ./mlprod.yaml, if there is one
                       ) -> str | None:
     "Sign the bundle when a signing key is configured; return the key id, or None when there is no key."
     from mlprod.bundle import sign_bundle
-    found = find_config(config_path, required=False)
-    key = signing_key(load_config(found) if found else None)
+    key = configured_signing_key(config_path)
     return None if key is None else sign_bundle(bundle_dir, key)["key_id"]
 
 @dataclass
