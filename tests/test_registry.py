@@ -228,7 +228,8 @@ def upload(gcs, folder: Path) -> str:
     return f"gs://{bucket}/{folder.name}"
 
 
-def test_a_deploy_killed_during_its_copy_leaves_pointer_and_ledger_consistent_and_the_retry_succeeds(config, bundles, gcs):
+def test_a_deploy_killed_during_its_copy_leaves_pointer_and_ledger_consistent_and_the_retry_succeeds(
+        config, bundles, gcs):
     "Killed after the first, a middle and the second-to-last file (different points on each kind of store)."
     assert cli(config, "deploy", bundles["a"], "--env", "dev", "--progress", "off")[0] == 0
     st, b = store(config), version(bundles["b"])
@@ -268,7 +269,8 @@ def test_two_deploys_racing_for_one_environment_one_switches_the_other_gets_a_co
     assert "retry" in rest.strip().splitlines()[-1]
     assert st.live()["version"] == version(bundles["c"])
     tail = st.ledger()[-2:]
-    assert [(e["action"], e["version"]) for e in tail] == [("deploy", version(bundles["c"])), ("refused", version(bundles["b"]))]
+    moves = [(e["action"], e["version"]) for e in tail]
+    assert moves == [("deploy", version(bundles["c"])), ("refused", version(bundles["b"]))]
     assert tail[1]["code"] == "deploy_conflict" and tail[1]["live"] == version(bundles["a"])
 
 

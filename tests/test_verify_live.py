@@ -39,8 +39,9 @@ def setup(tmp_path_factory):
 
 
 def verify(cfg, *args):
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROD_")} | API_ENV | {
-        "MLPROD_CONFIG": str(cfg), "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        "MLPROD_CONFIG": str(cfg), "PYTHONPATH": path}
     return subprocess.run([sys.executable, "-m", "mlprod.cli", "verify", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=120)
 

@@ -50,13 +50,15 @@ def test_deploy_uploads_the_copy_gates_on_the_endpoint_and_rollback_routes_traff
     first = deploy(a, env, progress="off")
     va, store = first.version, open_store(env.store, "prod")
     model = vertex.resources[first.entry["endpoint"]["model"]]
-    assert model["artifactUri"] == f"{env.store}/bundles/{va}/model" and model["containerSpec"]["imageUri"] == CONTAINER
+    assert model["artifactUri"] == f"{env.store}/bundles/{va}/model"
+    assert model["containerSpec"]["imageUri"] == CONTAINER
     id_a = first.entry["endpoint"]["deployed_model_id"]
     assert split(vertex, endpoint) == {id_a: 100}
     rows = len(load_bundle(a).testset())
     predicted = sum(len(body["instances"]) for m, path, body in vertex.calls if path == f"{endpoint}:predict")
     assert predicted == rows  # the gate's predictions came from the endpoint
-    assert first.entry["gate"]["failed_rows"] == {"endpoint": 0} and store.live()["endpoint"]["deployed_model_id"] == id_a
+    assert first.entry["gate"]["failed_rows"] == {"endpoint": 0}
+    assert store.live()["endpoint"]["deployed_model_id"] == id_a
 
     second = deploy(b, env, progress="off")
     models = len(vertex.of_kind("models"))
@@ -66,7 +68,8 @@ def test_deploy_uploads_the_copy_gates_on_the_endpoint_and_rollback_routes_traff
     assert (back.version, store.live()["version"]) == (va, va)
     assert split(vertex, endpoint) == {id_a: 100}  # the old deployed model again: no new upload
     assert len(vertex.of_kind("models")) == models
-    assert [(e["action"], e["version"]) for e in history(env)] == [("deploy", va), ("deploy", second.version), ("rollback", va)]
+    moves = [(e["action"], e["version"]) for e in history(env)]
+    assert moves == [("deploy", va), ("deploy", second.version), ("rollback", va)]
 
 
 class WrongModel(BaseHTTPRequestHandler):
@@ -80,7 +83,8 @@ class WrongModel(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
 
 
-def test_an_endpoint_that_predicts_otherwise_or_not_at_all_is_refused_and_the_release_withdrawn(prod, vertex, two_bundles):
+def test_an_endpoint_that_predicts_otherwise_or_not_at_all_is_refused_and_the_release_withdrawn(
+        prod, vertex, two_bundles):
     env, endpoint = prod
     a, b = two_bundles
     first = deploy(a, env, progress="off")

@@ -19,7 +19,8 @@ def test_custom_and_tuning_jobs_run_against_the_stand_in(vertex):
         sent = vertex.resources[job.resource_name]
         assert sent["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == "example/trainer:1"
 
-        vertex.job_outcome = lambda kind, body: {"state": "JOB_STATE_FAILED", "error": {"code": 3, "message": "no data"}}
+        failed = {"state": "JOB_STATE_FAILED", "error": {"code": 3, "message": "no data"}}
+        vertex.job_outcome = lambda kind, body: failed
         with pytest.raises(RuntimeError, match="no data"):
             aiplatform.CustomJob(display_name="fails", worker_pool_specs=SPEC).run(sync=True)
 
