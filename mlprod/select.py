@@ -21,7 +21,7 @@ from .scoring import (GREATER_IS_BETTER, check_metric, score, better, predict_ou
 from .budget import Budget, Progress, free_cores
 from .candidates import (WEIGHTS, Problem, Rows, Candidate, parse_candidates, search, fit_settings, has_extra,
                                row_latency_ms, model_size_kb)
-from .crossfit import make_folds, out_of_fold, calibrate_intervals, calibrate_probabilities
+from .crossfit import make_folds, out_of_fold, calibrate_intervals, calibrate_probabilities, MIN_SCALE_ROWS
 from .trainjob import resolve_spec, check_leaks
 
 # %% auto #0
@@ -174,6 +174,13 @@ class Calibration:
     warning: str | None = None # a near-perfect score
     note: str | None = None
 
+def _one_width_note(rows: int) -> str:
+    "Why every interval has the same width, so that a confidence equal on every row is not taken for a fault."
+    why = (f"{rows} rows are too few to learn a width per row" if rows < MIN_SCALE_ROWS else
+           "a width per row, learned from the out-of-fold errors, did not narrow them")
+    return (f"one interval width for every row — {why}; the confidence differs only where an interval meets what the "
+            "target can be (e.g. never below 0)")
+
 def calibrate(prep: Prepared, comp: Comparison, budget: Budget, coverage: float = 0.9, progress=None) -> Calibration:
     "Out-of-fold predictions of the winner's settings calibrate the confidence and give the quality figure."
     p, spec, best = prep.problem, prep.spec, comp.best
@@ -187,6 +194,7 @@ def calibrate(prep: Prepared, comp: Comparison, budget: Budget, coverage: float 
         conf = (calibrate_intervals(y, pred, prep.X_dev, folds, prep.y_dev, coverage, p.seed) if p.task == "regression"
                 else calibrate_probabilities(pred, y, spec.target.classes))
         source = "out_of_fold"
+        if p.task == "regression" and conf.scale_model is None: note = _one_width_note(len(y))
     else:
         y, pred = prep.rows.y_eval, predict_output(best.estimator, prep.rows.X_eval, p.task, p.n_classes)
         conf = (IntervalCalculator.calibrate(y, pred, prep.y_dev, coverage) if p.task == "regression"
