@@ -151,6 +151,16 @@ def test_a_0_1_target_stays_integer_classes_end_to_end(cancer):
     assert (got["prediction"] == truth).mean() > 0.9
 
 
+def test_a_leak_warning_only_when_every_development_row_says_so(cancer):
+    "The cancer data is this predictable (ROC AUC near 0.997): a few eval rows all right is no reason to cry leak."
+    folder, out, err, bundle = cancer
+    m = bundle.metrics
+    near = m["eval"]["source"] == "out_of_fold" and m["eval"]["roc_auc"] >= 0.999
+    assert ("NEAR-PERFECT" in out) == near and bool(m["warnings"]) == near, (m["eval"], out)
+    winner = pd.DataFrame(m["leaderboard"]).set_index("model").loc[m["winner"]]
+    assert (winner["warning"] != "") == near
+
+
 def test_a_two_valued_number_is_offered_as_a_category(diabetes):
     folder, out, err, bundle = diabetes
     assert sorted(pd.read_csv(folder / "diabetes.csv")["sex"].unique()) == [1.0, 2.0]
