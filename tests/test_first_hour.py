@@ -50,7 +50,8 @@ def train(folder: Path, data: str, *args):
 def diabetes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("diabetes")
     sklearn_csv("diabetes", tmp)
-    return tmp, *train(tmp, "diabetes.csv", "--models", "linear,lgbm", "--time-budget", "15")
+    return tmp, *train(tmp, "diabetes.csv", "--models", "linear,lgbm", "--deterministic", "--trials", "4",
+                      "--time-budget", "20")
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +100,13 @@ def test_one_confidence_for_every_row_is_explained(diabetes):
     folder, out, err, bundle = diabetes
     conf = bundle.metrics["confidence"]
     said = [line for line in out.splitlines() if line.startswith("note: one interval width for every row")]
-    got = scored(folder, "diabetes.csv")["prediction_confidence"]
+    got = scored(folder, "diabetes.csv")
+    inside = got.loc[got["prediction_lower"] > 0, "prediction_confidence"].round(9)  # intervals the floor did not cut
+    assert len(inside) > 100
     if conf["has_scale_model"]:
-        assert not said and got.nunique() > len(got) // 2, got.describe()
+        assert not said and inside.nunique() > 1, inside.describe()
     else:  # one width: the confidence is the same wherever an interval does not meet the floor, and a note says why
-        assert len(said) == 1, out
-        assert got.value_counts().iloc[0] > len(got) // 2
+        assert len(said) == 1 and inside.nunique() == 1, out
 
 
 def test_confidence_varies_by_row_where_the_noise_does(tmp_path):
