@@ -58,7 +58,7 @@ def diabetes(tmp_path_factory):
 def cancer(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cancer")
     sklearn_csv("cancer", tmp)
-    return tmp, *train(tmp, "cancer.csv", "--models", "linear", "--time-budget", "10")
+    return tmp, *train(tmp, "cancer.csv", "--models", "linear", "--deterministic", "--time-budget", "10")
 
 
 def scored(folder: Path, data: str) -> pd.DataFrame:
@@ -116,7 +116,7 @@ def test_confidence_varies_by_row_where_the_noise_does(tmp_path):
     size = r.uniform(1, 10, 400)
     df = pd.DataFrame({"size": size, "other": r.normal(size=400), "target": 3 * size + r.normal(0, 0.2 * size ** 2)})
     df.to_csv(tmp_path / "h.csv", index=False)
-    out, err, bundle = train(tmp_path, "h.csv", "--models", "linear", "--time-budget", "10")
+    out, err, bundle = train(tmp_path, "h.csv", "--models", "linear", "--deterministic", "--time-budget", "10")
     assert bundle.metrics["confidence"]["has_scale_model"], bundle.metrics["confidence"]
     assert "one interval width" not in out and "disagree" not in out  # nothing shifted, nothing said
     conf = scored(tmp_path, "h.csv").set_index(df["size"])["prediction_confidence"].sort_index()
@@ -132,7 +132,7 @@ def test_eval_and_test_disagreeing_is_said_on_the_screen_and_in_the_report(tmp_p
     test_rows = split_frame(df, "target", "regression", (0.7, 0.15, 0.15), 0).test.index  # the split train makes
     df.loc[test_rows, "target"] += 15  # the test rows are no longer like the others
     df.to_csv(tmp_path / "shifted.csv", index=False)
-    out, err, bundle = train(tmp_path, "shifted.csv", "--models", "linear", "--time-budget", "10")
+    out, err, bundle = train(tmp_path, "shifted.csv", "--models", "linear", "--deterministic", "--time-budget", "10")
     assert any(line.startswith("note: eval and test disagree beyond noise") for line in out.splitlines()), out
     report = json.loads((tmp_path / "models" / "m.bundle" / "report.ipynb").read_text())
     shown = "".join("".join(o.get("text", "")) for c in report["cells"] for o in c.get("outputs", []))
@@ -203,7 +203,8 @@ def test_explore_calls_a_0_1_target_classes_not_boolean(explored):
     assert row, "no row for the target in the columns table"
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
     assert cells[:2] == ["category", "target"], cells
-    assert "boolean" not in _text(page).split(" Spec ")[0]  # the spec's own comment lists the types; the report does not
+    report = _text(page).split("The spec these suggestions apply to")[0]  # the spec's comment lists every type
+    assert "Suggestions" in report and "boolean" not in report
 
 
 def test_explore_suggests_a_log_only_where_it_changes_the_spread(explored):
