@@ -5,20 +5,31 @@
 # %% ../nbs/09e_cli_serve.ipynb #fda638ec
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .cli import command, _positive_int
 
 
 # %% auto #0
-__all__ = ['serve', 'token']
+__all__ = ['FIRST_RUN', 'serve', 'token']
 
 # %% ../nbs/09e_cli_serve.ipynb #e7474e60
 # command: serve
+FIRST_RUN = """settings a first run needs (environment variables; the API's page lists them all):
+  MLPROD_JWT_SECRET      the HS256 key clients' tokens are signed with: at least 32 bytes, e.g.
+                         export MLPROD_JWT_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(48))')
+  MLPROD_JWT_PUBLIC_KEY  instead of the secret: a PEM public key (RS256, ES256)
+  MLPROD_AUTH=off        instead of a key, for a local trial only: no authorization (warned at start)
+  MLPROD_BUNDLE, PORT    the bundle and the port, when not given as arguments
+
+then, with the same MLPROD_JWT_SECRET: `mlprod token` prints a token to send as `Authorization: Bearer <token>`."""
+
 @command("serve")
 def _add_serve(sub):
     p = sub.add_parser("serve", help="serve a model bundle as the real-time JSON API (gunicorn)",
-                       description="Serve BUNDLE as the prediction API. Keys and limits come from MLPROD_* variables.")
+                       description="Serve BUNDLE as the prediction API. Keys and limits come from MLPROD_* variables.",
+                       epilog=FIRST_RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle", metavar="BUNDLE", nargs="?", help="the model bundle: a folder or URL (default: $MLPROD_BUNDLE)")
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--port", type=_positive_int, default=None, help="port (default: $PORT, else 8080)")
