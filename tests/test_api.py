@@ -34,38 +34,7 @@ AUDIENCE, ISSUER = "mlprod-tests", "https://issuer.example"
 
 # ---------------------------------------------------------------- bundles
 
-def build_bundle(path, example: str, n=None, max_iter=100, broken=False):
-    "Train a HistGradientBoosting model on an example dataset and save a real bundle (`broken`: a model that cannot predict)."
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.linear_model import LogisticRegression
-    from mlprod.bundle import expected_columns, frame_records, save_bundle
-    from mlprod.data import load_example, split_frame
-    from mlprod.models import FittedModel, IntervalCalculator, ProbabilityCalibrator
-    from mlprod.transforms import SpecTransformer
-    ex = load_example(example, n=n)
-    spec = ex.infer_spec()
-    sp = split_frame(ex.frame, ex.target, ex.task, seed=0)
-    t = SpecTransformer(spec).fit(sp.train)
-    Xtr, Xev = t.transform(sp.train), t.transform(sp.eval)
-    if ex.task == "classification":
-        classes = list(spec.target.classes)
-        idx = lambda s: s.astype(str).map({str(c): i for i, c in enumerate(classes)}).to_numpy()
-        model = HistGradientBoostingClassifier(max_iter=max_iter, random_state=0).fit(Xtr, idx(sp.train[ex.target]))
-        conf = ProbabilityCalibrator.calibrate(model.predict_proba(Xev), idx(sp.eval[ex.target]), classes)
-    else:
-        model = HistGradientBoostingRegressor(max_iter=max_iter, random_state=0).fit(Xtr, sp.train[ex.target])
-        conf = IntervalCalculator.calibrate(sp.eval[ex.target], model.predict(Xev), sp.train[ex.target], 0.9)
-    fitted = FittedModel(spec, t, model, conf)
-    test = sp.test[list(spec.features)].reset_index(drop=True)
-    checked = [spec.validate_record(r, unknown_fields="ignore") for r in frame_records(test)]
-    keep = [i for i, c in enumerate(checked) if c.ok]
-    preds = fitted.predict_records([checked[i].record for i in keep])
-    testset = pd.concat([test.iloc[keep].reset_index(drop=True), sp.test[[ex.target]].iloc[keep].reset_index(drop=True),
-                         expected_columns(preds, ex.task, spec.target.classes)], axis=1)
-    if broken:  # a bug: the model expects one more column than the transforms make
-        model = LogisticRegression(max_iter=300).fit(np.c_[Xtr, Xtr[:, :1]], idx(sp.train[ex.target]))
-    return save_bundle(path, spec=spec, transformer=t, model=model, confidence=conf, testset=testset, name=example,
-                       metrics={"test_rows": len(keep)})
+from mlprod.testing import example_bundle, example_records as records
 
 
 @pytest.fixture(scope="session")
@@ -75,17 +44,17 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trips_bundle(work):
-    return build_bundle(work / "trips.bundle", "city_trips", n=3000, max_iter=60)
+    return example_bundle("city_trips", n=3000, max_iter=60, path=work / "trips.bundle")
 
 
 @pytest.fixture(scope="session")
 def penguins_bundle(work):
-    return build_bundle(work / "penguins.bundle", "penguins", max_iter=30)
+    return example_bundle("penguins", n=None, max_iter=30, path=work / "penguins.bundle")
 
 
 @pytest.fixture(scope="session")
 def broken_bundle(work):
-    return build_bundle(work / "broken.bundle", "penguins", max_iter=5, broken=True)
+    return example_bundle("penguins", n=None, max_iter=5, broken=True, path=work / "broken.bundle")
 
 
 @pytest.fixture(scope="session")
@@ -106,46 +75,7 @@ def rsa_keys():
 
 # ---------------------------------------------------------------- servers
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    "A gunicorn started in a subprocess (by `mlprod serve`, or gunicorn itself), stopped by its PID."
-    def __init__(self, args, env, port, log):
-        self.port, self.url, self.log_path = port, f"http://127.0.0.1:{port}", log
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROD_") and k != "PORT"}
-        full_env.update(env)
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(args, env=full_env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-
-    def wait(self, path="/v1/health", timeout=30.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None: raise RuntimeError(f"server exited {self.proc.returncode}: {self.logs()}")
-            try:
-                if requests.get(self.url + path, timeout=1).status_code < 500: return self
-            except requests.ConnectionError: pass
-            time.sleep(0.02)
-        raise TimeoutError(self.logs())
-
-    def logs(self) -> str: return Path(self.log_path).read_text(errors="replace")
-
-    def log_lines(self) -> list:
-        return [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
-
-    def worker_pids(self) -> list:
-        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [int(k) for k in kids]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try: self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill(); self.proc.wait(5)
+from servers import Server, free_port
 
 
 @pytest.fixture(scope="session")
@@ -193,19 +123,6 @@ def b64(d) -> str: return base64.urlsafe_b64encode(json.dumps(d).encode()).rstri
 
 
 def auth(tok): return {"Authorization": f"Bearer {tok}"}
-
-
-def records(bundle, n=5) -> list:
-    "Raw records from the bundle's test set, as a client would send them (missing values left out)."
-    ts = pd.read_parquet(Path(bundle) / "testset.parquet")
-    cols = [c for c in ts.columns if not c.startswith("expected_")]
-    from mlprod.spec import FeatureSpec
-    spec = FeatureSpec.load(Path(bundle) / "spec.yaml")
-    cols = [c for c in cols if c in spec.features]
-    out = []
-    for _, row in ts[cols].head(n).iterrows():
-        out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if v is not None and v == v})
-    return out
 
 
 def post(server, body=None, headers=None, **kw):

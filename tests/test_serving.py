@@ -1,0 +1,220 @@
+"""The serving topologies on loopback, with real gunicorn processes started here and stopped by PID: the API in front
+of `mlprod model-server` (plain HTTP and through the Vertex AI stand-in), the endpoint killed mid-load and coming
+back, and hot reload of an environment's live bundle under load (two switches, and SIGHUP)."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from mlprod.bundle import load_bundle
+from mlprod.testing import example_bundle, example_records
+from servers import Server, free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory): return tmp_path_factory.mktemp("serving")
+
+
+@pytest.fixture(scope="module")
+def trips(work): return example_bundle("city_trips", n=3000, max_iter=40, path=work / "trips.bundle")
+
+
+@pytest.fixture(scope="module")
+def penguins(work): return example_bundle("penguins", n=None, max_iter=20, path=work / "penguins.bundle")
+
+
+@pytest.fixture(scope="module")
+def start(work):
+    "Start `mlprod <command> ...` on a free port; every server is stopped at the end of the module."
+    servers = []
+    def _start(command, bundle, env=None, port=None, wait="/v1/ready", *extra):
+        port = port or free_port()
+        args = [sys.executable, "-m", "mlprod.cli", command, *([str(bundle)] if bundle else []), "--port", str(port), *extra]
+        s = Server(args, env or {}, port, work / f"{command}-{port}-{len(servers)}.log")
+        servers.append(s)
+        return s.wait(wait) if wait else s
+    yield _start
+    for s in servers: s.stop()
+
+
+def post(server, body, path="/v1/predict", timeout=10):
+    return requests.post(server.url + path, json=body, timeout=timeout)
+
+
+def in_process(bundle_path, recs):
+    b = load_bundle(bundle_path)
+    return [b.predict_record(b.spec.validate_record(r).record) for r in recs]
+
+
+# ---------------------------------------------------------------- remote mode
+
+REMOTE = {"MLPROD_AUTH": "off", "MLPROD_BREAKER_FAILURES": "3", "MLPROD_BREAKER_RESET": "1",
+          "MLPROD_ENDPOINT_TIMEOUT": "2"}
+
+
+@pytest.mark.parametrize("which", ["trips", "penguins"])
+def test_remote_mode_equals_in_process(start, which, request):
+    bundle = request.getfixturevalue(which)
+    model = start("model-server", bundle, wait="/health")
+    api = start("serve", bundle, REMOTE, None, "/v1/ready", "--model-endpoint", model.url)
+    recs = example_records(bundle, 12)
+    expected = in_process(bundle, recs)
+    got = [post(api, r).json() for r in recs]
+    assert [g["prediction"] for g in got] == expected  # JSON carries the floats exactly: equal, not just close
+    assert {g["model"]["version"] for g in got} == {load_bundle(bundle).version}
+    batch = post(api, {"instances": recs + [{"nope": 1}]}, "/v1/batch").json()
+    assert [r["code"] for r in batch["results"]] == ["ok"] * 12 + ["invalid_input"]
+    assert [r["prediction"] for r in batch["results"][:12]] == expected
+    doc = requests.get(api.url + "/v1/model", timeout=5).json()["model"]
+    assert (doc["topology"], doc["endpoint"]["target"], doc["endpoint"]["breaker"]) == ("remote", model.url, "closed")
+
+
+def test_vertex_endpoint_through_the_sdk(start, vertex, trips):
+    "The API reaches a Vertex AI endpoint by resource name through google-cloud-aiplatform's REST client."
+    model = start("model-server", trips, wait="/health")
+    resource = "projects/mlprod-test/locations/europe-west1/endpoints/4242"
+    vertex.deploy(resource, model.url + "/predict")
+    api = start("serve", trips, {**REMOTE, "MLPROD_VERTEX_API_ENDPOINT": vertex.url}, None, "/v1/ready",
+                "--model-endpoint", resource)
+    recs = example_records(trips, 5)
+    got = [post(api, r, timeout=30).json() for r in recs]
+    assert [g.get("prediction") for g in got] == in_process(trips, recs), got[0]
+    assert any(path.endswith(f"{resource}:predict") and "alt=json" in q for m, path, q in vertex.calls)
+
+
+def load(server, body, seconds, threads=2, path="/v1/predict", stop=None):
+    "POST `body` from `threads` threads for at most `seconds`: a list of (thread, t, status, json, ms) per answer."
+    out, t0 = [], time.monotonic()
+    def run(k):
+        s = requests.Session()
+        while time.monotonic() - t0 < seconds and not (stop and stop.is_set()):
+            a = time.perf_counter()
+            try: r = s.post(server.url + path, json=body, timeout=10); status, js = r.status_code, r.json()
+            except (requests.RequestException, ValueError) as e: status, js = -1, {"error": repr(e)}
+            out.append((k, time.monotonic() - t0, status, js, (time.perf_counter() - a) * 1000))
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in ts: t.start()
+    return ts, out
+
+
+def test_endpoint_killed_mid_load_then_recovers(start, trips):
+    model_port = free_port()
+    model = start("model-server", trips, None, model_port, "/health")
+    api = start("serve", trips, REMOTE, None, "/v1/ready", "--model-endpoint", model.url)
+    rec = example_records(trips, 1)[0]
+    ts, out = load(api, rec, seconds=3)
+    time.sleep(1.0)
+    model.stop(signal.SIGKILL)  # the endpoint dies mid-load: no goodbye
+    for t in ts: t.join()
+    assert {s for _, _, s, _, _ in out} == {200, 503}
+    failed = [js for _, _, s, js, _ in out if s == 503]
+    assert all(js["code"] == "model_unavailable" and js["success"] is False and js["prediction"] is None for js in failed)
+    opened = [ms for _, _, s, js, ms in out if s == 503 and "circuit breaker is open" in js["message"]]
+    served = [l["ms"] for l in api.log_lines() if l.get("code") == "model_unavailable"]  # the server's own timing
+    p99, p99_client = float(np.percentile(served, 99)), float(np.percentile(opened, 99))
+    print(f"503s: {len(failed)}, {len(opened)} with the breaker open; p99 {p99:.2f} ms in the server, "
+          f"{p99_client:.2f} ms at the client (load average {os.getloadavg()[0]:.1f}), of {len(out)} answers")
+    assert len(opened) >= 10 and p99 < 50
+    start("model-server", trips, None, model_port, "/health")  # the endpoint comes back on the same port
+    stop = threading.Event()
+    ts, out = load(api, rec, seconds=10, stop=stop)
+    end = time.monotonic() + 10
+    while not [s for _, _, s, _, _ in out[-5:] if s == 200] and time.monotonic() < end: time.sleep(0.05)
+    stop.set()
+    for t in ts: t.join()
+    assert {s for _, _, s, _, _ in out} <= {200, 503} and out[-1][2] == 200, "the API did not recover by itself"
+    m = requests.get(api.url + "/metrics", timeout=5).text
+    assert 'mlprod_remote_calls_total{result="open"}' in m and 'code="model_unavailable"' in m
+
+
+# ---------------------------------------------------------------- hot reload
+
+def publish(store: Path, bundle_path) -> str:
+    "Copy a bundle into store/bundles/<version>/ and move LIVE to it (temporary file, then rename), as a deploy does."
+    b = load_bundle(bundle_path)
+    dest = store / "bundles" / b.version
+    if not dest.exists(): shutil.copytree(bundle_path, dest)
+    live = {"version": b.version, "sha256": hashlib.sha256((dest / "manifest.json").read_bytes()).hexdigest(),
+            "deployed_at": time.time(), "by": "tests"}
+    tmp = store / f".LIVE.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(live)); os.replace(tmp, store / "LIVE")
+    return b.version
+
+
+@pytest.fixture(scope="module")
+def versions(work):
+    "Three versions of one model (different rounds): three different predictions for the same record."
+    return [example_bundle("penguins", n=None, max_iter=k, path=work / f"penguins-{k}.bundle") for k in (10, 20, 30)]
+
+
+@pytest.fixture()
+def store(work, request):
+    root = work / f"store-{request.node.name}"
+    (root / "dev" / "bundles").mkdir(parents=True)
+    (root / "mlprod.yaml").write_text(f"environments:\n  dev:\n    store: {root / 'dev'}\n")
+    return root
+
+
+def test_hot_reload_under_load_two_switches(start, store, versions):
+    v = [publish(store / "dev", versions[0])]
+    env = {"MLPROD_AUTH": "off", "MLPROD_CONFIG": str(store / "mlprod.yaml"), "MLPROD_RELOAD_INTERVAL": "0.2"}
+    api = start("serve", None, env, None, "/v1/ready", "--env", "dev")
+    rec = example_records(versions[0], 1)[0]
+    expected = {load_bundle(p).version: in_process(p, [rec])[0] for p in versions}
+    assert len({json.dumps(p) for p in expected.values()}) == 3  # the versions answer differently
+    ts, out = load(api, rec, seconds=4.5)
+    time.sleep(1.2); v.append(publish(store / "dev", versions[1]))
+    time.sleep(1.5); v.append(publish(store / "dev", versions[2]))
+    for t in ts: t.join()
+    statuses = [s for _, _, s, _, _ in out]
+    assert statuses.count(200) == len(out) > 50, {s for s in statuses}  # zero failed requests
+    seen = [js["model"]["version"] for _, _, _, js, _ in out]
+    assert set(seen) == set(v), (set(seen), v)
+    for _, _, _, js, _ in out:  # each answer names the version that computed it
+        assert js["prediction"] == expected[js["model"]["version"]]
+    for k in (0, 1):  # per client, versions only move forward
+        order = [v.index(js["model"]["version"]) for kk, _, _, js, _ in out if kk == k]
+        assert order == sorted(order)
+    doc = requests.get(api.url + "/v1/model", timeout=5).json()["model"]
+    assert (doc["version"], doc["source"], doc["env"]) == (v[2], "env:dev", "dev") and doc["loaded_at"]
+    assert [l["model"]["version"] for l in api.log_lines() if l.get("event") == "model_swapped"] == v[1:]
+
+
+def test_sighup_and_a_refused_bundle(start, store, versions):
+    v1 = publish(store / "dev", versions[0])
+    env = {"MLPROD_AUTH": "off", "MLPROD_CONFIG": str(store / "mlprod.yaml"), "MLPROD_RELOAD_INTERVAL": "3600"}
+    api = start("serve", None, env, None, "/v1/ready", "--env", "dev", "--workers", "2")
+    rec = example_records(versions[0], 1)[0]
+    def versions_served(n=12): return {post(api, rec).json()["model"]["version"] for _ in range(n)}
+    assert versions_served() == {v1}
+    v2 = publish(store / "dev", versions[1])
+    time.sleep(0.3)
+    assert versions_served() == {v1}  # not checked yet: the interval is an hour
+    api.send(signal.SIGHUP)  # to the master: passed on to both workers, which keep their connections
+    end = time.monotonic() + 10
+    while versions_served() != {v2} and time.monotonic() < end: time.sleep(0.05)
+    assert versions_served(20) == {v2}
+    # a tampered bundle behind the pointer: refused with a log line, v2 keeps serving
+    bad = store / "dev" / "bundles" / "20990101T000000Z-0badc0de"
+    shutil.copytree(store / "dev" / "bundles" / v2, bad)
+    (bad / "metrics.json").write_text('{"tampered": true}')
+    (store / "dev" / "LIVE").write_text(json.dumps({"version": bad.name}))
+    api.send(signal.SIGHUP)
+    end = time.monotonic() + 10
+    while not [l for l in api.log_lines() if l.get("event") == "model_refused"] and time.monotonic() < end:
+        time.sleep(0.05)
+    refused = [l for l in api.log_lines() if l.get("event") == "model_refused"]
+    assert refused and refused[0]["code"] == "bundle_tampered" and f"still serving {v2}" in refused[0]["message"]
+    assert versions_served(20) == {v2}
+    assert len(api.worker_pids()) == 2  # SIGHUP did not restart the workers
