@@ -40,7 +40,7 @@ def gcs():
 
 @pytest.fixture(scope="session")
 def vertex():
-    "A loopback stand-in for the Vertex AI REST API (tests/vertex_standin.py); `deploy` routes an endpoint."
-    from vertex_standin import VertexStandIn
+    "A loopback stand-in for Vertex AI's prediction REST paths (tests/vertex_predict_standin.py)."
+    from vertex_predict_standin import VertexStandIn
     with VertexStandIn() as standin:
         yield standin

@@ -53,3 +53,10 @@ class Server:
             try: self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill(); self.proc.wait(5)
+
+
+def stop_all(servers):
+    "Stop servers together: SIGTERM to each, then wait for each (gunicorn takes seconds to wind down)."
+    for s in servers:
+        if s.proc.poll() is None: s.proc.send_signal(signal.SIGTERM)
+    for s in servers: s.stop()

@@ -75,7 +75,7 @@ def rsa_keys():
 
 # ---------------------------------------------------------------- servers
 
-from servers import Server, free_port
+from servers import Server, free_port, stop_all
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,7 @@ def start(work):
         servers.append(s)
         return s.wait(wait) if wait else s
     yield _start
-    for s in servers: s.stop()
+    stop_all(servers)
 
 
 HS_ENV = {"MLPROD_JWT_SECRET": SECRET, "MLPROD_JWT_AUDIENCE": AUDIENCE, "MLPROD_JWT_ISSUER": ISSUER,

@@ -17,7 +17,7 @@ import requests
 
 from mlprod.bundle import load_bundle
 from mlprod.testing import example_bundle, example_records
-from servers import Server, free_port
+from servers import Server, free_port, stop_all
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -45,7 +45,7 @@ def start(work):
         servers.append(s)
         return s.wait(wait) if wait else s
     yield _start
-    for s in servers: s.stop()
+    stop_all(servers)
 
 
 def post(server, body, path="/v1/predict", timeout=10):
@@ -83,14 +83,16 @@ def test_remote_mode_equals_in_process(start, which, request):
 def test_vertex_endpoint_through_the_sdk(start, vertex, trips):
     "The API reaches a Vertex AI endpoint by resource name through google-cloud-aiplatform's REST client."
     model = start("model-server", trips, wait="/health")
-    resource = "projects/mlprod-test/locations/europe-west1/endpoints/4242"
-    vertex.deploy(resource, model.url + "/predict")
+    resource = vertex.create_endpoint("trips")
+    vertex.forward(resource, model.url + "/predict")
     api = start("serve", trips, {**REMOTE, "MLPROD_VERTEX_API_ENDPOINT": vertex.url}, None, "/v1/ready",
                 "--model-endpoint", resource)
     recs = example_records(trips, 5)
     got = [post(api, r, timeout=30).json() for r in recs]
     assert [g.get("prediction") for g in got] == in_process(trips, recs), got[0]
-    assert any(path.endswith(f"{resource}:predict") and "alt=json" in q for m, path, q in vertex.calls)
+    method, path, body = vertex.calls[-1]  # what the SDK sent: the transformed row, not the client's record
+    n_features = len(load_bundle(trips).fitted.transformer.get_feature_names_out())
+    assert (method, path, [len(row) for row in body["instances"]]) == ("POST", f"/v1/{resource}:predict", [n_features])
 
 
 def load(server, body, seconds, threads=2, path="/v1/predict", stop=None):

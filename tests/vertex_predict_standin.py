@@ -1,4 +1,6 @@
-"""A loopback stand-in for the Vertex AI REST API, as google-cloud-aiplatform's REST transport calls it.
+"""A loopback stand-in for the prediction paths of the Vertex AI REST API, as google-cloud-aiplatform's REST transport
+calls them (the same `create_endpoint` / `forward` / `calls` interface as the fuller stand-in of the tuning and
+registry work, which replaces this file once both are on main).
 
 It speaks the paths the SDK uses for prediction (TOOLCHAIN.md: `GET .../endpoints/E`, `POST .../endpoints/E:predict`,
 `?$alt=json;enum-encoding=int`) and forwards each predict body to the model server deployed on that endpoint — a
@@ -17,14 +19,20 @@ ENDPOINT = re.compile(r"/v1/(projects/[^/]+/locations/[^/]+/endpoints/[^/:]+)(:p
 
 
 class VertexStandIn:
-    "The stand-in server: `deploy(resource, url)` routes an endpoint's predictions to a model server's predict URL."
-    def __init__(self):
-        self.deployed, self.calls = {}, []
+    "The stand-in server: `forward(endpoint, url)` sends an endpoint's predictions to a model server's predict URL."
+    def __init__(self, project: str = "mlprod-test", location: str = "us-central1"):
+        self.parent, self.deployed, self.calls = f"projects/{project}/locations/{location}", {}, []
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def deploy(self, resource: str, predict_url: str): self.deployed[resource] = predict_url
+    def create_endpoint(self, display_name: str = "endpoint") -> str:
+        "A new endpoint's resource name."
+        name = f"{self.parent}/endpoints/{1000 + len(self.deployed)}"
+        self.deployed[name] = None
+        return name
+
+    def forward(self, endpoint: str, url: str | None): self.deployed[endpoint] = url
 
     @Request.application
     def app(self, request):
@@ -32,9 +40,10 @@ class VertexStandIn:
         if not m or m.group(1) not in self.deployed:
             return self._json({"error": {"code": 404, "message": f"{request.path} not found", "status": "NOT_FOUND"}}, 404)
         resource, predict = m.group(1), m.group(2)
-        self.calls.append((request.method, request.path, request.query_string.decode()))
+        self.calls.append((request.method, request.path, request.get_json(silent=True)))
         if request.method == "GET" and not predict: return self._json({"name": resource})
         if request.method != "POST" or not predict: return self._json({"error": {"code": 405, "message": "no"}}, 405)
+        if not self.deployed[resource]: return self._json({"error": {"code": 400, "message": "no deployed model"}}, 400)
         forward = urllib.request.Request(self.deployed[resource], data=request.get_data(), method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
