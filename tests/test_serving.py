@@ -1,7 +1,6 @@
 """The serving topologies on loopback, with real gunicorn processes started here and stopped by PID: the API in front
 of `mlprod model-server` (plain HTTP and through the Vertex AI stand-in), the endpoint killed mid-load and coming
 back, and hot reload of an environment's live bundle under load (two switches, and SIGHUP)."""
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ import pytest
 import requests
 
 from mlprod.bundle import load_bundle
-from mlprod.testing import example_bundle, example_records
+from mlprod.testing import example_bundle, example_records, publish_live as publish
 from servers import Server, free_port, stop_all
 
 pytestmark = pytest.mark.timeout(300)
@@ -141,18 +140,6 @@ def test_endpoint_killed_mid_load_then_recovers(start, trips):
 
 
 # ---------------------------------------------------------------- hot reload
-
-def publish(store: Path, bundle_path) -> str:
-    "Copy a bundle into store/bundles/<version>/ and move LIVE to it (temporary file, then rename), as a deploy does."
-    b = load_bundle(bundle_path)
-    dest = store / "bundles" / b.version
-    if not dest.exists(): shutil.copytree(bundle_path, dest)
-    live = {"version": b.version, "sha256": hashlib.sha256((dest / "manifest.json").read_bytes()).hexdigest(),
-            "deployed_at": time.time(), "by": "tests"}
-    tmp = store / f".LIVE.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(live)); os.replace(tmp, store / "LIVE")
-    return b.version
-
 
 @pytest.fixture(scope="module")
 def versions(work):
