@@ -136,6 +136,7 @@ def model_size(est, scale=None) -> str:
         if hasattr(e, "estimators_"): return f"{type(e).__name__}: {len(e.estimators_)} trees"
         if hasattr(e, "booster_"): return f"{type(e).__name__}: {e.booster_.num_trees()} trees"
         return type(e).__name__
+    scale = getattr(scale, "_get", lambda: scale)()  # the bundle loads the scale model on first use
     return one(est) + (f"; interval scale model {one(scale)}" if scale is not None else "")
 
 
@@ -227,7 +228,8 @@ def measure(args, work: Path, bundle: str, record: dict, token: str) -> list:
             row = {"server": name, "startup_s": startup, "answer": answer, "runs": {}}
             for c in args.concurrency:
                 row["runs"][c] = run_wrk(url, record, headers, c, args.seconds, args.client_core, work)
-            row["rss_mb"] = server.worker_rss_mb() + sum(s.worker_rss_mb() for s in extra)
+            row["rss_mb"] = server.worker_rss_mb()
+            if extra: row["endpoint_rss_mb"] = extra[0].worker_rss_mb()
             rows.append(row)
         finally:
             server.stop()
@@ -243,7 +245,8 @@ def report(rows: list, concurrency: list, sizes: dict):
         for c, w in r["runs"].items():
             print(f"| {r['server']} | {c} | {w['rps']:.0f} | {w['p50_ms']:.3f} | {w['p99_ms']:.3f} | "
                   f"{w['p99_ms'] / w['p50_ms']:.1f} | {w['non_2xx']} | {w['rps'] / lean['runs'][c]['rps']:.1f}x | "
-                  f"{w['rps'] / floor['runs'][c]['rps']:.0%} | {r['startup_s']:.2f} | {r['rss_mb']:.0f} |")
+                  f"{w['rps'] / floor['runs'][c]['rps']:.0%} | {r['startup_s']:.2f} | {r['rss_mb']:.0f}"
+                  + (f" (+ model server {r['endpoint_rss_mb']:.0f})" if "endpoint_rss_mb" in r else "") + " |")
     c = concurrency[0]
     for name in ("mlprod in-process", "mlprod remote"):
         w = by[name]["runs"][c]
