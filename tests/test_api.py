@@ -452,3 +452,21 @@ def test_metrics_merged_over_workers(start, penguins_bundle, work):
             assert line and float(line[0].rsplit(" ", 1)[1]) == 20, text[:2000]
     finally:
         s.stop()
+
+
+def test_soft_range_warnings_and_the_batch_route(start, trips_bundle):
+    "A value beyond the range the model saw is predicted with a warning and counted per feature; /v1/batch answers each."
+    s = start(trips_bundle, {"MLPROD_AUTH": "off"}, wait="/v1/ready")
+    rec = records(trips_bundle, 1)[0]
+    body = check_envelope(post(s, {**rec, "passengers": 40}), "ok")
+    assert [(w["field"], w["code"]) for w in body["warnings"]] == [("passengers", "outside_expected_range")]
+    assert body["prediction"] == post(s, {**rec, "passengers": 6}).json()["prediction"]  # clipped to what it saw
+    assert "warnings" not in post(s, rec).json()
+    r = requests.post(s.url + "/v1/batch", json={"instances": [rec, {**rec, "vehicle": "spaceship"}, {**rec, "passengers": 40}]},
+                      timeout=10)
+    batch = check_envelope(r, "ok")
+    assert [(x["index"], x["code"]) for x in batch["results"]] == [(0, "ok"), (1, "invalid_input"), (2, "ok")]
+    assert batch["counts"] == {"ok": 2, "invalid_input": 1} and batch["errors"][0]["index"] == 1
+    assert batch["results"][1]["errors"][0]["code"] == "unknown_category" and batch["results"][2]["warnings"]
+    metrics = requests.get(s.url + "/metrics", timeout=5).text
+    assert 'mlprod_input_warnings_total{code="outside_expected_range",feature="passengers"} 2.0' in metrics

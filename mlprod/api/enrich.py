@@ -37,8 +37,8 @@ def reference_transformer(bundle, # a loaded bundle
                           reference: dict # from `read_reference`
                          ):
     "The bundle's single-record transformer with the lookup tables and reference points of `reference`."
+    from mlprod.record import RecordTransformer
     from mlprod.spec import FeatureSpec
-    from mlprod.transforms import SpecTransformer, _lookup_map
     spec = FeatureSpec.from_yaml(bundle.spec.to_yaml())
     spec.tables = dict(bundle.spec.tables)
     spec.tables.update(reference.get("tables", {}))
@@ -50,9 +50,10 @@ def reference_transformer(bundle, # a loaded bundle
                 raise ValueError(f"points for {d.name} must be {{name: [lat, lon]}}")
             d.points = {k: [float(v[0]), float(v[1])] for k, v in pts.items()}
         if d.kind == "lookup" and d.table in reference.get("tables", {}):
+            from mlprod.transforms import _lookup_map  # a table came with pandas already: the batch path's map
             m = _lookup_map(spec.tables[d.table], d)
             state["lookups"][d.table] = {k: [None if x != x else x for x in v] for k, v in m.items()}
-    return SpecTransformer.from_state(spec, state)
+    return RecordTransformer.from_state(spec, state)
 
 def fitted_with(bundle, transformer):
     "The bundle's fitted model (estimator, confidence, fast path) behind another single-record transformer."

@@ -113,8 +113,8 @@ def example_record(spec) -> dict:
         if f.type == "category": rec[name] = f.categories[0]
         elif f.type == "boolean": rec[name] = False
         elif f.type == "datetime": rec[name] = "2024-05-01T12:00:00"
-        else:
-            lo, hi = f.min if f.min is not None else 0, f.max if f.max is not None else 0
+        else:  # the middle of the range the model saw, else of the hard limits
+            lo, hi = f.expect or (f.min if f.min is not None else 0, f.max if f.max is not None else 0)
             rec[name] = (lo + hi) / 2 if f.type != "integer" else int((lo + hi) // 2)
     for loc in spec.location:
         if loc.region and loc.lat in rec:
