@@ -91,7 +91,7 @@ def test_vertex_endpoint_through_the_sdk(start, vertex, trips):
     assert [g.get("prediction") for g in got] == in_process(trips, recs), got[0]
     method, path, body = vertex.calls[-1]  # what the SDK sent: the transformed row, not the client's record
     n_features = len(load_bundle(trips).fitted.transformer.get_feature_names_out())
-    assert (method, path, [len(row) for row in body["instances"]]) == ("POST", f"/v1/{resource}:predict", [n_features])
+    assert (method, path, [len(row) for row in body["instances"]]) == ("POST", f"{resource}:predict", [n_features])
 
 
 def load(server, body, seconds, threads=2, path="/v1/predict", stop=None):
