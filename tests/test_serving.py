@@ -150,7 +150,7 @@ def versions(work):
 @pytest.fixture()
 def store(work, request):
     root = work / f"store-{request.node.name}"
-    (root / "dev" / "bundles").mkdir(parents=True)
+    root.mkdir()
     (root / "mlprod.yaml").write_text(f"environments:\n  dev:\n    store: {root / 'dev'}\n")
     return root
 
@@ -177,6 +177,8 @@ def test_hot_reload_under_load_two_switches(start, store, versions):
         assert order == sorted(order)
     doc = requests.get(api.url + "/v1/model", timeout=5).json()["model"]
     assert (doc["version"], doc["source"], doc["env"]) == (v[2], "env:dev", "dev") and doc["loaded_at"]
+    ledger = [json.loads(l) for l in (store / "dev" / "ledger.jsonl").read_text().splitlines()]
+    assert (doc["live"]["move"], doc["live"]["action"]) == (ledger[-1]["id"], "deploy")  # the pointer's own move
     assert [l["model"]["version"] for l in api.log_lines() if l.get("event") == "model_swapped"] == v[1:]
 
 

@@ -15,7 +15,7 @@ from .auth import Authenticator
 from .enrich import EnrichmentCache, fitted_with, read_reference, reference_transformer
 from .envelope import envelope
 from .observe import Observer
-from .reload import Reloader, live_bundle, load_live
+from .reload import Reloader, live_pointer, live_version, load_live
 from .settings import Settings
 
 # %% auto #0
@@ -41,6 +41,7 @@ class Served:
         self.source = source or str(getattr(bundle, "uri", "") or "")
         self.loaded_at = time.time()
         self.docs_cache: dict = {}
+        self.live: dict | None = None # for an environment's live bundle: the pointer's deployed_at, by, move...
 
     def predict_batch(self, records: list) -> list:
         "Prediction objects for cleaned records: one endpoint call when remote, the fast path for each otherwise."
@@ -151,7 +152,7 @@ class Serving:
         if s.enrich_uri and self.enrichment is None: self.enrichment = EnrichmentCache(
             lambda: read_reference(s.enrich_uri), s.enrich_ttl, self._reference_changed, self._reference_failed)
         if s.env and self.reloader is None:
-            self.reloader = Reloader(self, lambda: live_bundle(s.env), s.reload_interval)
+            self.reloader = Reloader(self, lambda: live_pointer(s.env), s.reload_interval)
             self.reloader.on_sighup()
         self._pid = os.getpid()
         if background: threading.Thread(target=self._load, name="mlprod-load", daemon=True).start()
@@ -190,7 +191,8 @@ class Serving:
 
     def prepare(self, pointer) -> Served:
         "The verified, warmed `Served` for a live pointer (the reloader calls this off the request path)."
-        served = self.build(load_live(pointer), f"env:{pointer.env}")
+        served = self.build(load_live(pointer), f"env:{self.settings.env}")
+        served.live = {k: pointer.live.get(k) for k in ("deployed_at", "by", "action", "move", "signer")}
         warm(served, self.settings)
         return served
 
@@ -210,7 +212,7 @@ class Serving:
         if self.model is None: self.state, self.problem = "failed", error
         if pointer is not None: self.metrics.reloads.labels("refused").inc()
         keeps = f"; still serving {self.model.version}" if self.model is not None else ""
-        what = (f"bundle {pointer.version} refused" if pointer is not None
+        what = (f"bundle {live_version(pointer)} refused" if pointer is not None
                 else "model not loaded" if self.model is None else "live pointer not read")
         self._event("error", f"{what}: {error}{keeps}", "model_failed" if pointer is None else "model_refused",
                     code=code, exc_info=not isinstance(error, MlprodError))
@@ -262,4 +264,5 @@ class Serving:
                 "topology": "remote" if m.endpoint else "in-process"}
         if m.endpoint: doc["endpoint"] = {"target": m.endpoint, "breaker": self.endpoint.state}
         if self.settings.env: doc["env"] = self.settings.env
+        if m.live: doc["live"] = m.live
         return doc | {"metrics": getattr(b, "metrics", None) or {}, "inputs": spec.json_schema(self.settings.unknown_fields)}
