@@ -232,9 +232,11 @@ class Serving:
         self._event("warning", f"reference data not refreshed, serving the previous data: {type(e).__name__}: {e}",
                     "enrichment_failed")
 
-    def _endpoint_result(self, result: str, is_open: bool):
+    def _endpoint_result(self, result: str, is_open: bool, detail: str | None = None):
         self.metrics.remote.labels(result).inc()
         self.metrics.breaker.set(1 if is_open else 0)
+        if detail: self._event("warning", f"model endpoint call failed: {detail}", "endpoint_failed",
+                               breaker="open" if is_open else "closed")
 
     def ready_model(self) -> Served:
         "The model to answer with, or `ModelNotReady` (503)."
@@ -243,7 +245,8 @@ class Serving:
         if self._pid != os.getpid() and self.state == "loading": self.start()  # forked after create_app (--preload)
         if self.state == "failed":
             p = self.problem
-            raise ModelNotReady(f"The model could not be loaded ({getattr(p, 'code', 'internal_error')}): {p}")
+            raise ModelNotReady(f"The model could not be loaded ({getattr(p, 'code', 'internal_error')}); "
+                                "the server's log says why.")  # paths and exception text stay in the log
         raise ModelNotReady("The model is still loading and being verified; retry in a moment.")
 
     def wait_ready(self, timeout: float = 30) -> bool:
