@@ -276,3 +276,21 @@ def test_integer_class_labels_stay_integers_in_the_envelope(start, work):
         labels += [x["prediction"]["label"] for x in post(api, {"instances": recs}, "/v1/batch").json()["results"]]
         assert {type(x) for x in labels} == {int} and set(labels) <= {0, 1} and len(labels) == 18
         assert labels[:6] == [p["label"] for p in in_process(bundle, recs)]
+
+
+def test_following_a_store_in_a_bucket(start, gcs, work, versions):
+    "An environment whose store is gs://: the API loads the live bundle from the bucket and follows its pointer."
+    prefix = f"gs://{gcs.bucket()}/dev"
+    config = work / "gcs-mlprod.yaml"
+    config.write_text(f"environments:\n  dev:\n    store: {prefix}\n")
+    v1 = publish(prefix, versions[0])
+    env = {"MLPROD_AUTH": "off", "MLPROD_CONFIG": str(config), "MLPROD_RELOAD_INTERVAL": "3600"}
+    api = start("serve", None, env, None, "/v1/ready", "--env", "dev")
+    rec = example_records(versions[0], 1)[0]
+    assert post(api, rec).json()["model"]["version"] == v1
+    v2 = publish(prefix, versions[1])
+    api.send(signal.SIGHUP)
+    end = time.monotonic() + 20
+    while post(api, rec).json()["model"]["version"] != v2: assert time.monotonic() < end; time.sleep(0.1)
+    doc = requests.get(api.url + "/v1/model", timeout=5).json()["model"]
+    assert (doc["version"], doc["live"]["action"]) == (v2, "deploy")
