@@ -1,23 +1,23 @@
-"""Serving benchmark: mlprod's API against the hand-written Flask + pandas baseline and MLflow's scoring server.
+"""Serving benchmark: mlprod's API, in-process and in front of `mlprod model-server`, against the hand-written lean
+baseline and a constant-answer Flask app (the floor of the stack), in one run.
 
-One run, one bundle, one record. Every server gets one worker pinned to one core (taskset); wrk runs pinned to
-another core, at concurrency 1 and 8. The same fitted pipeline is served by all three: the bundle's SpecTransformer
-(a ColumnTransformer inside) + HistGradientBoostingRegressor with default parameters, trained on generated city
-trips (mlprod.data.make_city_trips). mlprod runs with JWT auth and spec validation on, as deployed. A second,
-leaner hand-written baseline — one grouped ColumnTransformer (median imputer + scaler over the numeric columns,
-one-hot over the category) with the derived features in numpy, fitted on the same rows and features — shows how
-much of the gap comes from the bundle's per-column preprocessing rather than from the one-row DataFrame path.
+mlprod serves the model `mlprod train` picks on generated city trips (run here, or `--bundle` to reuse one), with
+JWT auth, spec validation and the prediction interval on, as deployed. The lean baseline is what a team writes by
+hand: Flask, a one-row pandas DataFrame and a single scikit-learn pipeline — one grouped ColumnTransformer (median
+imputer + scaler over the numeric columns, one-hot over the category, the derived distances in numpy) and a
+HistGradientBoostingRegressor with default parameters — fitted on the same rows and features. The floor is Flask
+answering a constant after parsing the JSON body: no server can do less per request on this stack.
 
-    python bench/bench_serving.py                         # mlprod and the baseline
-    python bench/bench_serving.py --mlflow-python PY      # also MLflow (PY: a Python with mlflow installed, see below)
+Every server runs one sync gunicorn worker pinned to one core (taskset; in remote mode the API and the model server
+share that core); wrk runs pinned to another core, at concurrency 1 (and whatever --concurrency adds). Reported per
+server: startup to the first answered prediction, requests/s, p50 and p99, the worker's RSS after the run; then the
+ratios the issue sets (mlprod vs the lean baseline and vs the floor), and the model sizes side by side.
 
-MLflow 3 would downgrade gunicorn and pyarrow in the project's environment, so it lives in its own virtualenv with
-the same numpy / pandas / scikit-learn versions, and reaches mlprod's code through a .pth file:
-    python3.11 -m venv /tmp/mlflow-venv
-    /tmp/mlflow-venv/bin/pip install mlflow==3.17.2 numpy==2.4.6 pandas==3.1.1 scikit-learn==1.9.1 scipy==1.17.1 \
-        joblib==1.6.0 pyyaml fsspec pyjwt prometheus-client
-    echo "$PWD" > "$(/tmp/mlflow-venv/bin/python -c 'import site; print(site.getsitepackages()[0])')/mlprod-src.pth"
-wrk comes from Debian: apt-get install -y wrk.
+    python bench/bench_serving.py                          # trains the bundle first (about a minute)
+    python bench/bench_serving.py --bundle trips.bundle    # reuse a bundle written by `mlprod train`
+
+wrk comes from Debian: apt-get install -y wrk. The machine is shared and has two cores: run it twice (--repeat 2)
+and read the load average printed with each run. Measured figures: bench/serving_results.md.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -34,28 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import requests
 
 SECRET = "bench-serving-secret-that-is-long-enough-for-hs256"
-
-BASELINE_APP = '''
-"""The baseline a team writes by hand: Flask, a one-row pandas DataFrame, the scikit-learn pipeline."""
-import joblib, os
-import pandas as pd
-from flask import Flask, jsonify, request
-from sklearn.pipeline import make_pipeline
-
-BUNDLE = os.environ["BENCH_BUNDLE"]
-pipeline = make_pipeline(joblib.load(f"{BUNDLE}/preprocess/transformer.joblib"), joblib.load(f"{BUNDLE}/model/model.joblib"))
-app = Flask(__name__)
-
-@app.post("/predict")
-def predict():
-    record = request.get_json()
-    value = pipeline.predict(pd.DataFrame([record]))[0]
-    return jsonify({"prediction": float(value)})
-'''
 
 LEAN_FEATURES = '''
 """Derived features written by hand with numpy on the frame: the trip's length and each end's distance to two points."""
@@ -79,7 +59,7 @@ def add_trip_features(df):
 '''
 
 LEAN_APP = '''
-"""A leaner hand-written baseline: one grouped ColumnTransformer (its own fit, same features) + HistGradientBoosting."""
+"""The lean hand-written baseline: one grouped ColumnTransformer + HistGradientBoosting behind Flask."""
 import joblib, os
 import pandas as pd
 from flask import Flask, jsonify, request
@@ -93,6 +73,37 @@ def predict():
     return jsonify({"prediction": float(value)})
 '''
 
+FLOOR_APP = '''
+"""The floor: Flask parsing the JSON body and answering a constant."""
+from flask import Flask, jsonify, request
+
+app = Flask(__name__)
+
+@app.post("/predict")
+def predict():
+    request.get_json()
+    return jsonify({"prediction": 1.0})
+'''
+
+WRK_SCRIPT = '''
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+'''
+
+
+# ---------------------------------------------------------------- the models
+
+def train_bundle(path: Path, rows: int, budget: int) -> str:
+    "Run `mlprod train` on generated city trips: the model it picks is the one served."
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "mlprod.cli", "train", "example:city_trips", "--rows", str(rows),
+                        "--time-budget", str(budget), "-o", str(path), "--force"], capture_output=True, text=True)
+    if r.returncode: raise RuntimeError(f"mlprod train failed: {r.stderr[-3000:]}")
+    print(f"trained with mlprod train in {time.perf_counter() - t:.0f} s")
+    return str(path)
+
 def fit_lean(work: Path, rows: int):
     "The lean baseline's pipeline, fitted on the same training rows and features; saved with joblib."
     import joblib
@@ -103,7 +114,6 @@ def fit_lean(work: Path, rows: int):
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
     from mlprod.data import load_example, split_frame
     (work / "lean_features.py").write_text(LEAN_FEATURES)
-    (work / "baseline_lean_app.py").write_text(LEAN_APP)
     sys.path.insert(0, str(work))
     import lean_features
     ex = load_example("city_trips", n=rows)
@@ -118,57 +128,16 @@ def fit_lean(work: Path, rows: int):
     joblib.dump(pipe, work / "lean.joblib")
     return pipe
 
-MLFLOW_SAVE = '''
-import joblib, sys, mlflow.sklearn
-from sklearn.pipeline import make_pipeline
-bundle, out = sys.argv[1], sys.argv[2]
-pipeline = make_pipeline(joblib.load(f"{bundle}/preprocess/transformer.joblib"), joblib.load(f"{bundle}/model/model.joblib"))
-mlflow.sklearn.save_model(pipeline, out, skops_trusted_types=[  # our own file: trust the types skops asks about
-    "builtins.frozenset", "numpy.dtype", "mlprod.spec.Derived", "mlprod.spec.Feature", "mlprod.spec.FeatureSpec",
-    "mlprod.spec.Location", "mlprod.spec.Target", "mlprod.transforms.SpecTransformer", "mlprod.transforms.Clipper",
-    "mlprod.transforms.Log1p", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"])
-'''
-
-WRK_SCRIPT = '''
-wrk.method = "POST"
-wrk.body = {body}
-wrk.headers["Content-Type"] = "application/json"
-{auth}
-'''
-
-
-# ---------------------------------------------------------------- the bundle and the record
-
-def build_bundle(path: Path, rows: int) -> str:
-    "City trips, SpecTransformer + HistGradientBoostingRegressor (default parameters), saved as a bundle."
-    from sklearn.ensemble import HistGradientBoostingRegressor
-    from mlprod.bundle import expected_columns, frame_records, save_bundle
-    from mlprod.data import load_example, split_frame
-    from mlprod.models import FittedModel, IntervalCalculator
-    from mlprod.transforms import SpecTransformer
-    ex = load_example("city_trips", n=rows)
-    spec = ex.infer_spec()
-    sp = split_frame(ex.frame, ex.target, ex.task, seed=0)
-    t = SpecTransformer(spec).fit(sp.train)
-    model = HistGradientBoostingRegressor().fit(t.transform(sp.train), sp.train[ex.target])
-    conf = IntervalCalculator.calibrate(sp.eval[ex.target], model.predict(t.transform(sp.eval)), sp.train[ex.target], 0.9)
-    fitted = FittedModel(spec, t, model, conf)
-    test = sp.test[list(spec.features)].reset_index(drop=True)
-    checked = [spec.validate_record(r, unknown_fields="ignore") for r in frame_records(test)]
-    keep = [i for i, c in enumerate(checked) if c.ok]
-    preds = fitted.predict_records([checked[i].record for i in keep])
-    testset = pd.concat([test.iloc[keep].reset_index(drop=True), sp.test[[ex.target]].iloc[keep].reset_index(drop=True),
-                         expected_columns(preds, "regression")], axis=1)
-    return save_bundle(path, spec=spec, transformer=t, model=model, confidence=conf, testset=testset, name="city_trips",
-                       metrics={"test_rows": len(keep), "target_scale": float(sp.train[ex.target].std())}, force=True)
-
-
-def bench_records(bundle, n: int = 200) -> list:
-    "Test-set records with every input present (the baseline's one-row frame needs every column)."
-    from mlprod.bundle import load_bundle
-    b = load_bundle(bundle)
-    ts = b.testset()[list(b.spec.features)].dropna()
-    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for _, row in ts.head(n).iterrows()]
+def model_size(est, scale=None) -> str:
+    "Rounds and trees of a boosted model (and of the interval's scale model), or its class."
+    def one(e):
+        if hasattr(e, "n_iter_") and hasattr(e, "_predictors"):
+            return f"{type(e).__name__}: {e.n_iter_} rounds, {sum(len(i) for i in e._predictors)} trees"
+        if hasattr(e, "estimators_"): return f"{type(e).__name__}: {len(e.estimators_)} trees"
+        if hasattr(e, "booster_"): return f"{type(e).__name__}: {e.booster_.num_trees()} trees"
+        return type(e).__name__
+    scale = getattr(scale, "_get", lambda: scale)()  # the bundle loads the scale model on first use
+    return one(est) + (f"; interval scale model {one(scale)}" if scale is not None else "")
 
 
 # ---------------------------------------------------------------- servers
@@ -178,169 +147,162 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
 class Server:
-    "A server process pinned to one core; stopped by its PID."
-    def __init__(self, name, args, env, port, core, predict_path, headers, wrap, unwrap, log):
-        self.name, self.port, self.url = name, port, f"http://127.0.0.1:{port}"
-        self.predict_url, self.headers, self.wrap, self.unwrap = self.url + predict_path, headers, wrap, unwrap
+    "A server process pinned to one core, in its own session; stopped by its PID."
+    def __init__(self, args, env, core, log):
         self.log = log
         self.t0 = time.perf_counter()
         self.proc = subprocess.Popen(["taskset", "-c", str(core), *args], env=env, stdout=subprocess.DEVNULL,
                                      stderr=open(log, "wb"), start_new_session=True)
-        self.startup = None
 
-    def predict(self, record):
-        r = requests.post(self.predict_url, data=json.dumps(self.wrap(record)), timeout=30,
-                          headers={"Content-Type": "application/json", **self.headers})
-        r.raise_for_status()
-        return self.unwrap(r.json())
-
-    def wait_first_prediction(self, record, timeout=120.0) -> float:
-        "Seconds from start to the first answered prediction."
-        while True:
-            if self.proc.poll() is not None: raise RuntimeError(f"{self.name} exited: {Path(self.log).read_text()[-3000:]}")
-            try:
-                self.predict(record)
-                self.startup = time.perf_counter() - self.t0
-                return self.startup
-            except (requests.ConnectionError, requests.HTTPError): pass
-            if time.perf_counter() - self.t0 > timeout: raise TimeoutError(self.name)
-            time.sleep(0.005)
+    def worker_rss_mb(self) -> float:
+        "RSS of the worker processes (the master's children), in MiB."
+        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        kb = sum(int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{k}/status").read_text()).group(1)) for k in kids)
+        return kb / 1024
 
     def stop(self):
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the session holds the server and its workers (by PID)
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try: self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL); self.proc.wait(5)
 
+def first_answer(url, body, headers, t0, proc, log, timeout=120.0) -> float:
+    "Seconds from `t0` (the launch) to the first 200 answer."
+    while True:
+        if proc.poll() is not None: raise RuntimeError(f"server exited: {Path(log).read_text()[-3000:]}")
+        try:
+            if requests.post(url, json=body, headers=headers, timeout=5).status_code == 200:
+                return time.perf_counter() - t0
+        except requests.RequestException: pass
+        if time.perf_counter() - t0 > timeout: raise TimeoutError(url)
+        time.sleep(0.002)
 
-def servers_to_run(args, bundle, work: Path, record, lean_batch) -> list:
-    py = sys.executable
-    base_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    base_env = {k: v for k, v in base_env.items() if not k.startswith("MLPROD_")}
-    specs = []
-    (work / "baseline_app.py").write_text(BASELINE_APP)
-    specs.append(("baseline (Flask + pandas + sklearn)",
-                  [py, "-m", "gunicorn", "--workers", "1", "--worker-class", "sync", "--no-control-socket",
-                   "--chdir", str(work), "--bind", "127.0.0.1:{port}", "baseline_app:app"],
-                  {**base_env, "BENCH_BUNDLE": str(bundle)}, "/predict", {}, lambda r: r, lambda b: b["prediction"], None))
-    specs.append(("lean baseline (own grouped fit)",
-                  [py, "-m", "gunicorn", "--workers", "1", "--worker-class", "sync", "--no-control-socket",
-                   "--chdir", str(work), "--bind", "127.0.0.1:{port}", "baseline_lean_app:app"],
-                  {**base_env, "BENCH_LEAN": str(work / "lean.joblib")}, "/predict", {}, lambda r: r,
-                  lambda b: b["prediction"], lean_batch))
-    if args.mlflow_python:
-        model_dir = work / "mlflow-model"
-        if model_dir.exists(): shutil.rmtree(model_dir)
-        r = subprocess.run([args.mlflow_python, "-c", MLFLOW_SAVE, str(bundle), str(model_dir)],
-                           env={**base_env, "MLFLOW_TRACKING_URI": f"file://{work}/mlruns"}, capture_output=True, text=True)
-        if r.returncode: raise RuntimeError(f"saving the MLflow model failed: {r.stderr[-3000:]}")
-        mlflow_bin = str(Path(args.mlflow_python).parent / "mlflow")
-        specs.append(("MLflow scoring server",
-                      [mlflow_bin, "models", "serve", "-m", str(model_dir), "--env-manager", "local", "-h", "127.0.0.1",
-                       "-p", "{port}", "-w", "1"],
-                      {**base_env, "MLFLOW_TRACKING_URI": f"file://{work}/mlruns",
-                       "PATH": f"{Path(args.mlflow_python).parent}:{base_env.get('PATH', '')}"}, "/invocations", {},
-                      lambda r: {"dataframe_records": [r]}, lambda b: b["predictions"][0], None))
-    token_env = {**base_env, "MLPROD_JWT_SECRET": SECRET}
-    specs.append(("mlprod (JWT + validation)",
-                  [py, "-m", "mlprod.cli", "serve", str(bundle), "--port", "{port}", "--workers", "1"],
-                  token_env, "/v1/predict", "TOKEN", lambda r: r, lambda b: b["prediction"]["value"], None))
-    return specs
-
-
-# ---------------------------------------------------------------- wrk
-
-def run_wrk(server: Server, record, concurrency: int, seconds: float, core: int, work: Path) -> dict:
-    auth = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in server.headers.items())
-    script = work / f"wrk-{server.port}.lua"
-    script.write_text(WRK_SCRIPT.format(body=json.dumps(json.dumps(server.wrap(record))), auth=auth))
+def run_wrk(url, body, headers, concurrency: int, seconds: float, core: int, work: Path) -> dict:
+    auth = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    script = work / "wrk.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(json.dumps(body)), auth=auth))
     out = subprocess.run(["taskset", "-c", str(core), "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
-                          "--timeout", "10s", "-s", str(script), server.predict_url],
-                         capture_output=True, text=True, check=True).stdout
+                          "--timeout", "10s", "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     def ms(label):
         m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%"), "non_2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(0) if errors else None, "raw": out}
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": ms("50%"),
+            "p99_ms": ms("99%"), "non_2xx": int(bad.group(1)) if bad else 0}
+
+
+# ---------------------------------------------------------------- one run
+
+def measure(args, work: Path, bundle: str, record: dict, token: str) -> list:
+    "Start each server, time its first answer, run wrk at each concurrency, read its worker's RSS, stop it."
+    py, core = sys.executable, args.server_core
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLPROD_", "AIP_"))}
+    base |= {"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    gunicorn = [py, "-m", "gunicorn", "--workers", "1", "--worker-class", "sync", "--no-control-socket", "--chdir", str(work)]
+    auth = {"Authorization": f"Bearer {token}"}
+    rows = []
+    for name in ("floor (constant Flask)", "lean baseline (Flask + pandas + sklearn)", "mlprod in-process", "mlprod remote"):
+        port, extra = free_port(), []
+        if name.startswith("floor"):
+            args_, env, path, headers = gunicorn + ["--bind", f"127.0.0.1:{port}", "floor_app:app"], base, "/predict", {}
+        elif name.startswith("lean"):
+            args_, env, path, headers = (gunicorn + ["--bind", f"127.0.0.1:{port}", "lean_app:app"],
+                                         {**base, "BENCH_LEAN": str(work / "lean.joblib")}, "/predict", {})
+        else:
+            env, path, headers = {**base, "MLPROD_JWT_SECRET": SECRET}, "/v1/predict", auth
+            args_ = [py, "-m", "mlprod.cli", "serve", bundle, "--port", str(port), "--workers", "1"]
+            if name.endswith("remote"):
+                mport = free_port()
+                extra.append(Server([py, "-m", "mlprod.cli", "model-server", bundle, "--port", str(mport)], base, core,
+                                    work / f"model-server-{mport}.log"))
+                first_answer(f"http://127.0.0.1:{mport}/predict", {"instances": [args.row]}, {}, extra[0].t0,
+                             extra[0].proc, extra[0].log)
+                args_ += ["--model-endpoint", f"http://127.0.0.1:{mport}"]
+        server = Server(args_, env, core, work / f"server-{port}.log")
+        url = f"http://127.0.0.1:{port}{path}"
+        try:
+            startup = first_answer(url, record, headers, server.t0, server.proc, server.log)
+            answer = requests.post(url, json=record, headers=headers, timeout=5).json()
+            row = {"server": name, "startup_s": startup, "answer": answer, "runs": {}}
+            for c in args.concurrency:
+                row["runs"][c] = run_wrk(url, record, headers, c, args.seconds, args.client_core, work)
+            row["rss_mb"] = server.worker_rss_mb()
+            if extra: row["endpoint_rss_mb"] = extra[0].worker_rss_mb()
+            rows.append(row)
+        finally:
+            server.stop()
+            for s in extra: s.stop()
+    return rows
+
+def report(rows: list, concurrency: list, sizes: dict):
+    by = {r["server"].split(" (")[0]: r for r in rows}
+    floor, lean = by["floor"], by["lean baseline"]
+    print("\n| server | c | req/s | p50 ms | p99 ms | p99/p50 | non-2xx | vs lean | vs floor | startup s | worker RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for c, w in r["runs"].items():
+            print(f"| {r['server']} | {c} | {w['rps']:.0f} | {w['p50_ms']:.3f} | {w['p99_ms']:.3f} | "
+                  f"{w['p99_ms'] / w['p50_ms']:.1f} | {w['non_2xx']} | {w['rps'] / lean['runs'][c]['rps']:.1f}x | "
+                  f"{w['rps'] / floor['runs'][c]['rps']:.0%} | {r['startup_s']:.2f} | {r['rss_mb']:.0f}"
+                  + (f" (+ model server {r['endpoint_rss_mb']:.0f})" if "endpoint_rss_mb" in r else "") + " |")
+    c = concurrency[0]
+    for name in ("mlprod in-process", "mlprod remote"):
+        w = by[name]["runs"][c]
+        print(f"{name} at c={c}: {w['rps'] / lean['runs'][c]['rps']:.1f}x the lean baseline (target >= 10x), "
+              f"{w['rps'] / floor['runs'][c]['rps']:.0%} of the floor (target >= 50%), p99/p50 "
+              f"{w['p99_ms'] / w['p50_ms']:.1f} (target <= 3), startup {by[name]['startup_s']:.2f} s (target < 1 s), "
+              f"RSS {by[name]['rss_mb']:.0f} MiB vs the lean baseline's {lean['rss_mb']:.0f} MiB")
+    print(f"models: mlprod {sizes['mlprod']}; lean baseline {sizes['lean']}")
 
 
 # ---------------------------------------------------------------- main
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", default=None, help="where the bundle and logs go (default: a temporary folder)")
-    p.add_argument("--rows", type=int, default=10_000, help="city-trips rows to train on (default 10,000)")
+    p.add_argument("--bundle", default=None, help="a bundle written by `mlprod train` (default: train one here)")
+    p.add_argument("--workdir", default=None, help="where the bundle, apps and logs go (default: a temporary folder)")
+    p.add_argument("--rows", type=int, default=20_000, help="city-trips rows to train on (default 20,000)")
+    p.add_argument("--budget", type=int, default=60, help="mlprod train's time budget in seconds (default 60)")
     p.add_argument("--seconds", type=int, default=10, help="wrk duration per run (default 10)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1])
+    p.add_argument("--repeat", type=int, default=2, help="measure everything this many times (default 2)")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--client-core", type=int, default=1)
-    p.add_argument("--mlflow-python", default=None, help="a Python with mlflow installed (see the module docs)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-serving-"))
     work.mkdir(parents=True, exist_ok=True)
-
-    print(f"cpus: {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, server on core {args.server_core}, "
-          f"wrk on core {args.client_core}; workdir {work}")
-    t = time.perf_counter()
-    bundle = build_bundle(work / "city_trips.bundle", args.rows)
+    (work / "lean_app.py").write_text(LEAN_APP)
+    (work / "floor_app.py").write_text(FLOOR_APP)
+    bundle = args.bundle or train_bundle(work / "city_trips.bundle", args.rows, args.budget)
     from mlprod.api import make_token, settings_from_env
     from mlprod.bundle import load_bundle
+    from mlprod.testing import example_records
+    import pandas as pd
     b = load_bundle(bundle)
-    print(f"bundle: {b!r} ({time.perf_counter() - t:.1f} s to train and save); model {b.model.get_params()['max_iter']} iterations "
-          f"x {b.model.n_iter_} trees, {len(b.spec.features)} inputs -> {len(b.fitted.transformer.get_feature_names_out())} features")
-    recs = bench_records(bundle)
-    record = recs[0]
-    batch = [p["value"] for p in b.predict_records([b.spec.validate_record(r).record for r in recs])]  # the batch path
-    scale = float(b.metrics["target_scale"])
-    token = make_token(settings_from_env({"MLPROD_JWT_SECRET": SECRET}), sub="bench", ttl=3600)
-    print(f"record: {json.dumps(record)}")
-
+    record = next(r for r in example_records(b, 50) if len(r) == len(b.spec.features))  # the lean frame needs every column
+    clean = b.spec.validate_record(record).record
+    args.row = [float(v) for v in b.fitted.transformer.transform_record(clean)]
     lean = fit_lean(work, args.rows)
-    lean_batch = [float(v) for v in lean.predict(pd.DataFrame(recs))]
+    sizes = {"mlprod": model_size(b.model, getattr(b.confidence, "scale_model", None)), "lean": model_size(lean[-1])}
+    token = make_token(settings_from_env({"MLPROD_JWT_SECRET": SECRET}), sub="bench", ttl=3600)
+    expected = b.predict_record(clean)
+    print(f"cpus {os.cpu_count()}, servers on core {args.server_core}, wrk on core {args.client_core}; workdir {work}")
+    print(f"bundle {b!r}; record {json.dumps(record)}")
     results = []
-    for name, cmd, env, path, headers, wrap, unwrap, expected in servers_to_run(args, bundle, work, record, lean_batch):
-        port = free_port()
-        headers = {"Authorization": f"Bearer {token}"} if headers == "TOKEN" else headers
-        s = Server(name, [c.replace("{port}", str(port)) for c in cmd], env, port, args.server_core, path, headers,
-                   wrap, unwrap, work / f"server-{port}.log")
-        try:
-            startup = s.wait_first_prediction(record)
-            got = [s.predict(r) for r in recs]
-            rel = max(abs(g - e) / max(abs(e), scale) for g, e in zip(got, expected or batch))
-            row = {"server": name, "startup_s": round(startup, 3), "max_rel_diff_vs_batch": rel, "runs": {}}
-            for c in args.concurrency:
-                s.predict(record)  # warm
-                w = run_wrk(s, record, c, args.seconds, args.client_core, work)
-                row["runs"][c] = {k: v for k, v in w.items() if k != "raw"}
-                print(f"  {name:38s} c={c}: {w['rps']:8.1f} req/s  p50 {w['p50_ms']:7.3f} ms  p99 {w['p99_ms']:7.3f} ms"
-                      f"  non-2xx {w['non_2xx']}{'  ' + w['socket_errors'] if w['socket_errors'] else ''}")
-            print(f"  {name:38s} startup to first prediction {startup:.2f} s; max rel diff vs batch path {rel:.2e} over {len(recs)} records")
-            results.append(row)
-        finally:
-            s.stop()
-
-    base = results[0]
-    leanrow = results[1]
-    print("\n| server | concurrency | req/s | p50 ms | p99 ms | vs baseline | vs lean baseline | startup s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in results:
-        for c, w in row["runs"].items():
-            ratio, lratio = w["rps"] / base["runs"][c]["rps"], w["rps"] / leanrow["runs"][c]["rps"]
-            print(f"| {row['server']} | {c} | {w['rps']:.0f} | {w['p50_ms']:.3f} | {w['p99_ms']:.3f} | {ratio:.2f}x | {lratio:.2f}x | {row['startup_s']:.2f} |")
-    mlprod = results[-1]
-    ratio1 = mlprod["runs"][args.concurrency[0]]["rps"] / base["runs"][args.concurrency[0]]["rps"]
-    print(f"\nmlprod / baseline throughput at c={args.concurrency[0]}: {ratio1:.2f}x (target >= 6x); "
-          f"predictions equal to the batch path: max rel diff {mlprod['max_rel_diff_vs_batch']:.1e} (target < 1e-9); "
-          f"mlprod startup to first prediction {mlprod['startup_s']:.2f} s (target < 2 s)")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} (other processes on these cores skew the figures)")
-    if args.json: Path(args.json).write_text(json.dumps(results, indent=1))
+    for k in range(args.repeat):
+        print(f"\n## run {k + 1} of {args.repeat}: load average before {os.getloadavg()[0]:.2f}")
+        rows = measure(args, work, bundle, record, token)
+        for r in rows:
+            if r["server"].startswith("mlprod"):
+                assert r["answer"]["prediction"] == expected, (r["server"], r["answer"], expected)
+        report(rows, args.concurrency, sizes)
+        print(f"load average after: {os.getloadavg()[0]:.2f} (other processes on these cores skew the figures)")
+        results.append([{k2: v for k2, v in r.items() if k2 != "answer"} for r in rows])
+    print(f"\nboth mlprod modes answered exactly the in-process prediction: {json.dumps(expected)}")
+    if args.json: Path(args.json).write_text(json.dumps({"sizes": sizes, "runs": results}, indent=1))
     return 0
 
 

@@ -34,38 +34,7 @@ AUDIENCE, ISSUER = "mlprod-tests", "https://issuer.example"
 
 # ---------------------------------------------------------------- bundles
 
-def build_bundle(path, example: str, n=None, max_iter=100, broken=False):
-    "Train a HistGradientBoosting model on an example dataset and save a real bundle (`broken`: a model that cannot predict)."
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-    from sklearn.linear_model import LogisticRegression
-    from mlprod.bundle import expected_columns, frame_records, save_bundle
-    from mlprod.data import load_example, split_frame
-    from mlprod.models import FittedModel, IntervalCalculator, ProbabilityCalibrator
-    from mlprod.transforms import SpecTransformer
-    ex = load_example(example, n=n)
-    spec = ex.infer_spec()
-    sp = split_frame(ex.frame, ex.target, ex.task, seed=0)
-    t = SpecTransformer(spec).fit(sp.train)
-    Xtr, Xev = t.transform(sp.train), t.transform(sp.eval)
-    if ex.task == "classification":
-        classes = list(spec.target.classes)
-        idx = lambda s: s.astype(str).map({str(c): i for i, c in enumerate(classes)}).to_numpy()
-        model = HistGradientBoostingClassifier(max_iter=max_iter, random_state=0).fit(Xtr, idx(sp.train[ex.target]))
-        conf = ProbabilityCalibrator.calibrate(model.predict_proba(Xev), idx(sp.eval[ex.target]), classes)
-    else:
-        model = HistGradientBoostingRegressor(max_iter=max_iter, random_state=0).fit(Xtr, sp.train[ex.target])
-        conf = IntervalCalculator.calibrate(sp.eval[ex.target], model.predict(Xev), sp.train[ex.target], 0.9)
-    fitted = FittedModel(spec, t, model, conf)
-    test = sp.test[list(spec.features)].reset_index(drop=True)
-    checked = [spec.validate_record(r, unknown_fields="ignore") for r in frame_records(test)]
-    keep = [i for i, c in enumerate(checked) if c.ok]
-    preds = fitted.predict_records([checked[i].record for i in keep])
-    testset = pd.concat([test.iloc[keep].reset_index(drop=True), sp.test[[ex.target]].iloc[keep].reset_index(drop=True),
-                         expected_columns(preds, ex.task, spec.target.classes)], axis=1)
-    if broken:  # a bug: the model expects one more column than the transforms make
-        model = LogisticRegression(max_iter=300).fit(np.c_[Xtr, Xtr[:, :1]], idx(sp.train[ex.target]))
-    return save_bundle(path, spec=spec, transformer=t, model=model, confidence=conf, testset=testset, name=example,
-                       metrics={"test_rows": len(keep)})
+from mlprod.testing import example_bundle, example_records as records
 
 
 @pytest.fixture(scope="session")
@@ -75,17 +44,17 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trips_bundle(work):
-    return build_bundle(work / "trips.bundle", "city_trips", n=3000, max_iter=60)
+    return example_bundle("city_trips", n=3000, max_iter=60, path=work / "trips.bundle")
 
 
 @pytest.fixture(scope="session")
 def penguins_bundle(work):
-    return build_bundle(work / "penguins.bundle", "penguins", max_iter=30)
+    return example_bundle("penguins", n=None, max_iter=30, path=work / "penguins.bundle")
 
 
 @pytest.fixture(scope="session")
 def broken_bundle(work):
-    return build_bundle(work / "broken.bundle", "penguins", max_iter=5, broken=True)
+    return example_bundle("penguins", n=None, max_iter=5, broken=True, path=work / "broken.bundle")
 
 
 @pytest.fixture(scope="session")
@@ -106,46 +75,7 @@ def rsa_keys():
 
 # ---------------------------------------------------------------- servers
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    "A gunicorn started in a subprocess (by `mlprod serve`, or gunicorn itself), stopped by its PID."
-    def __init__(self, args, env, port, log):
-        self.port, self.url, self.log_path = port, f"http://127.0.0.1:{port}", log
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROD_") and k != "PORT"}
-        full_env.update(env)
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(args, env=full_env, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-
-    def wait(self, path="/v1/health", timeout=30.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None: raise RuntimeError(f"server exited {self.proc.returncode}: {self.logs()}")
-            try:
-                if requests.get(self.url + path, timeout=1).status_code < 500: return self
-            except requests.ConnectionError: pass
-            time.sleep(0.02)
-        raise TimeoutError(self.logs())
-
-    def logs(self) -> str: return Path(self.log_path).read_text(errors="replace")
-
-    def log_lines(self) -> list:
-        return [json.loads(line) for line in self.logs().splitlines() if line.startswith("{")]
-
-    def worker_pids(self) -> list:
-        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [int(k) for k in kids]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try: self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill(); self.proc.wait(5)
+from servers import Server, free_port, stop_all
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +95,7 @@ def start(work):
         servers.append(s)
         return s.wait(wait) if wait else s
     yield _start
-    for s in servers: s.stop()
+    stop_all(servers)
 
 
 HS_ENV = {"MLPROD_JWT_SECRET": SECRET, "MLPROD_JWT_AUDIENCE": AUDIENCE, "MLPROD_JWT_ISSUER": ISSUER,
@@ -193,19 +123,6 @@ def b64(d) -> str: return base64.urlsafe_b64encode(json.dumps(d).encode()).rstri
 
 
 def auth(tok): return {"Authorization": f"Bearer {tok}"}
-
-
-def records(bundle, n=5) -> list:
-    "Raw records from the bundle's test set, as a client would send them (missing values left out)."
-    ts = pd.read_parquet(Path(bundle) / "testset.parquet")
-    cols = [c for c in ts.columns if not c.startswith("expected_")]
-    from mlprod.spec import FeatureSpec
-    spec = FeatureSpec.load(Path(bundle) / "spec.yaml")
-    cols = [c for c in cols if c in spec.features]
-    out = []
-    for _, row in ts[cols].head(n).iterrows():
-        out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items() if v is not None and v == v})
-    return out
 
 
 def post(server, body=None, headers=None, **kw):
@@ -354,8 +271,12 @@ def test_model_not_ready(start, tampered_bundle):
         body = requests.get(s.url + "/v1/ready").json()
         if "could not be loaded" in body["message"]: break
         time.sleep(0.05)
-    assert "bundle_tampered" in check_envelope(requests.get(s.url + "/v1/ready"), "model_not_ready")["message"]
-    check_envelope(post(s, {"x": 1}), "model_not_ready")
+    message = check_envelope(requests.get(s.url + "/v1/ready"), "model_not_ready")["message"]
+    answer = check_envelope(post(s, {"x": 1}), "model_not_ready")["message"]
+    assert "bundle_tampered" in message and answer == message
+    # the load failure's detail (paths, the exception's text) is in the server's log, never in an answer
+    detail = next(l["message"] for l in s.log_lines() if l.get("event") == "model_failed")
+    assert str(tampered_bundle) in detail and str(tampered_bundle) not in message and "sha256" not in message
     assert any(line.get("event") == "auth_off" for line in s.log_lines())  # the startup log warns
 
 
@@ -535,3 +456,66 @@ def test_metrics_merged_over_workers(start, penguins_bundle, work):
             assert line and float(line[0].rsplit(" ", 1)[1]) == 20, text[:2000]
     finally:
         s.stop()
+
+
+def test_soft_range_warnings_and_the_batch_route(start, trips_bundle):
+    "A value beyond the range the model saw is predicted with a warning and counted per feature; /v1/batch answers each."
+    s = start(trips_bundle, {"MLPROD_AUTH": "off"}, wait="/v1/ready")
+    rec = records(trips_bundle, 1)[0]
+    body = check_envelope(post(s, {**rec, "passengers": 40}), "ok")
+    assert [(w["field"], w["code"]) for w in body["warnings"]] == [("passengers", "outside_expected_range")]
+    assert body["prediction"] == post(s, {**rec, "passengers": 6}).json()["prediction"]  # clipped to what it saw
+    assert "warnings" not in post(s, rec).json()
+    r = requests.post(s.url + "/v1/batch", json={"instances": [rec, {**rec, "vehicle": "spaceship"}, {**rec, "passengers": 40}]},
+                      timeout=10)
+    batch = check_envelope(r, "ok")
+    assert [(x["index"], x["code"]) for x in batch["results"]] == [(0, "ok"), (1, "invalid_input"), (2, "ok")]
+    assert batch["counts"] == {"ok": 2, "invalid_input": 1} and batch["errors"][0]["index"] == 1
+    assert batch["results"][1]["errors"][0]["code"] == "unknown_category" and batch["results"][2]["warnings"]
+    metrics = requests.get(s.url + "/metrics", timeout=5).text
+    assert 'mlprod_input_warnings_total{code="outside_expected_range",feature="passengers"} 2.0' in metrics
+
+
+# ---------------------------------------------------------------- issue 15: weaknesses a read of the code found
+
+def test_invented_methods_share_one_metrics_label(trips):
+    "Anyone can send `FOO /v1/predict`; each invented method must not become a Prometheus series of its own."
+    verbs = [f"X{i}ZZY" for i in range(12)]
+    for verb in verbs:
+        r = requests.request(verb, trips.url + "/v1/predict", timeout=5)
+        assert r.status_code in (400, 405) and r.json()["code"] in ("method_not_allowed", "malformed_json")
+    m = requests.get(trips.url + "/metrics", timeout=5).text
+    assert not any(v in m for v in verbs) and 'method="other"' in m
+
+
+def test_a_duplicate_key_is_refused_naming_it(trips):
+    body = '{"instances": [{"pickup_lat": 40.7, "pickup_lat": 41.9}]}'
+    r = requests.post(trips.url + "/v1/predict", data=body, timeout=5,
+                      headers={**auth(token()), "Content-Type": "application/json"})
+    assert "'pickup_lat' appears twice" in check_envelope(r, "malformed_json")["message"]
+
+
+def test_the_openapi_error_table_lists_every_code_of_a_status(trips):
+    answers = requests.get(trips.url + "/openapi.json", timeout=5).json()["paths"]["/v1/predict"]["post"]["responses"]
+    assert answers["401"]["x-codes"] == ["missing_token", "invalid_token", "token_expired"]
+    assert answers["503"]["x-codes"] == ["model_not_ready", "model_unavailable"]
+
+
+def test_clock_leeway_is_a_setting(start, penguins_bundle):
+    "A token issued by a machine whose clock runs 20 s ahead: refused with no leeway, accepted with 30 s."
+    ahead = int(time.time()) + 20
+    tok = token(iat=ahead, nbf=ahead, exp=ahead + 600)
+    rec = records(penguins_bundle, 1)[0]
+    strict = start(penguins_bundle, {**HS_ENV, "MLPROD_JWT_LEEWAY": "0"}, wait="/v1/ready")
+    lenient = start(penguins_bundle, {**HS_ENV, "MLPROD_JWT_LEEWAY": "30"}, wait="/v1/ready")
+    check_envelope(post(strict, rec, auth(tok)), "invalid_token")
+    check_envelope(post(lenient, rec, auth(tok)), "ok")
+
+
+def test_a_private_key_as_the_public_key_refuses_to_start(rsa_keys, penguins_bundle):
+    priv, _ = rsa_keys
+    r = subprocess.run([sys.executable, "-m", "mlprod.cli", "serve", penguins_bundle, "--port", str(free_port())],
+                       env={**os.environ, "MLPROD_JWT_PUBLIC_KEY": priv}, capture_output=True, text=True, timeout=60)
+    last = r.stderr.splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: bad_key:") and "holds a private key" in last, r.stderr
+    assert "BEGIN" not in r.stderr  # the key itself is never echoed

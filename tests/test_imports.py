@@ -34,12 +34,13 @@ def test_importing_mlprod_loads_no_heavy_library():
 import importlib.util
 import pkgutil, mlprod
 # every module of the package: heavy extras are imported inside the functions that need them
-modules = [f"mlprod.{m.name}" for m in pkgutil.iter_modules(mlprod.__path__) if not m.name.startswith("_")]
+modules = [m.name for m in pkgutil.walk_packages(mlprod.__path__, "mlprod.") if not m.name.rsplit(".", 1)[-1].startswith("_")]
 for m in modules: __import__(m)
 print(json.dumps({"heavy": heavy(), "optional": modules}))
 """)
     assert got["heavy"] == [], got
-    assert {"mlprod.api", "mlprod.bundle", "mlprod.models", "mlprod.select", "mlprod.explore"} <= set(got["optional"])
+    assert {"mlprod.api", "mlprod.api.routes", "mlprod.remote", "mlprod.modelserver", "mlprod.bundle", "mlprod.models",
+            "mlprod.select", "mlprod.explore"} <= set(got["optional"])
 
 
 def test_the_cli_module_alone_stays_light():
@@ -62,3 +63,25 @@ with contextlib.redirect_stdout(io.StringIO()):
 print(json.dumps({"heavy": heavy(), "status": status}))
 """, cwd=tmp_path)
     assert got == {"heavy": [], "status": [0, 0]}
+
+
+def test_the_serving_modules_import_neither_pandas_nor_sklearn():
+    "The API, the endpoint client and the model server load pandas and scikit-learn only where a fallback needs them."
+    got = python("""
+import mlprod.api, mlprod.api.routes, mlprod.api.docs, mlprod.wsgi, mlprod.remote, mlprod.modelserver, mlprod.cli_serve
+print(json.dumps({"heavy": heavy(), "loaded": sorted(m for m in ("pandas", "sklearn", "scipy") if m in sys.modules)}))
+""")
+    assert got == {"heavy": [], "loaded": []}
+
+
+def test_serving_a_scikit_learn_bundle_imports_neither_pandas_nor_sklearn():
+    "Loading a bundle and answering through the API's app: the record path and the fast path, nothing heavier."
+    from mlprod.testing import example_bundle, example_records
+    bundle = example_bundle("city_trips", n=2000, max_iter=20)
+    got = python(f"""
+from mlprod.api import create_app
+app = create_app({{"bundle": {str(bundle)!r}, "auth": False}}, env={{}}, background=False)
+r = app.test_client().post("/v1/predict", json={example_records(bundle, 1)[0]!r})
+print(json.dumps({{"code": r.get_json()["code"], "loaded": sorted(m for m in ("pandas", "sklearn", "scipy") if m in sys.modules)}}))
+""")
+    assert got == {"code": "ok", "loaded": []}

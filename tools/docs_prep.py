@@ -139,12 +139,14 @@ def generated_modules():
     found = []
     for path in sorted((ROOT / lib).rglob("*.py")):
         rel = path.relative_to(ROOT)
-        if any(p.startswith("_") for p in rel.with_suffix("").parts):
-            continue  # private modules, _modidx.py, __init__.py
+        parts = rel.with_suffix("").parts
+        package = path.name == "__init__.py" and len(parts) > 2  # a subpackage's own module (mlprod.api)
+        if any(p.startswith("_") for p in parts) and not package:
+            continue  # private modules, _modidx.py, the package's __init__.py
         text = path.read_text(encoding="utf-8")
-        m = re.search(r"File to edit: \.\./nbs/(\S+\.ipynb)", text)
+        m = re.search(r"File to edit: \.\./(?:\.\./)*nbs/(\S+\.ipynb)", text)
         if m:
-            found.append((".".join(rel.with_suffix("").parts), Path(m.group(1)), ast.parse(text)))
+            found.append((".".join(parts[:-1] if package else parts), Path(m.group(1)), ast.parse(text)))
     return sorted(found, key=lambda f: (str(f[1]), f[0]))
 
 
