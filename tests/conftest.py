@@ -84,3 +84,7 @@ def prod_api(tmp_path_factory, penguins_prod_bundle):
                PROD_ENV, port, log)
     yield s.wait("/v1/ready")
     s.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: the one long run of the suite (60 s of load); it runs in CI too")
