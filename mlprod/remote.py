@@ -116,7 +116,7 @@ class EndpointClient:
                  timeout: float = 2.0, retries: int = 1, # per call, and how often a refused call is repeated
                  failures: int = 5, reset: float = 10.0, # the breaker opens after `failures`, tries again after `reset` s
                  api_endpoint: str | None = None, # the Vertex AI API host (tests: a loopback stand-in)
-                 listener=None): # called with "ok", "failed" or "open" after each call (metrics)
+                 listener=None): # called as listener(result, is_open, detail) after each call: ok, failed or open
         import pybreaker
         self.target, self.listener = target, listener
         self.transport = (VertexTransport(target, api_endpoint, timeout, retries) if VERTEX_ENDPOINT.fullmatch(target)
@@ -141,13 +141,13 @@ class EndpointClient:
             raise ModelUnavailable("The model endpoint is failing; its circuit breaker is open until it answers "
                                    "again. Retry in a few seconds.") from None
         except EndpointError as e:
-            self._tell("failed")
-            raise ModelUnavailable(f"The model endpoint did not answer: {e}.") from None
+            self._tell("failed", str(e))  # the detail (hosts, exception text) goes to the log, not to the client
+            raise ModelUnavailable("The model endpoint did not answer; retry in a few seconds.") from None
         self._tell("ok")
         return preds
 
-    def _tell(self, result: str):
-        if self.listener is not None: self.listener(result, self.state == "open")
+    def _tell(self, result: str, detail: str | None = None):
+        if self.listener is not None: self.listener(result, self.state == "open", detail)
 
 # %% ../nbs/07l_remote.ipynb #90ac4efd
 class RemoteModel:

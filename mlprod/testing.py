@@ -8,10 +8,8 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 # %% auto #0
@@ -85,18 +83,19 @@ def example_records(bundle, # a bundle's path or a loaded `Bundle`
             for row in ts[cols].head(n).to_dict("records")]
 
 # %% ../nbs/08_testing.ipynb #0db4002f
-def publish_live(store, # a local folder: the environment's store
-                 bundle_path, # the bundle to make live
+def publish_live(store, # the environment's store: a folder or gs://bucket/prefix
+                 bundle_path, # the bundle to make live (a folder or a URL)
                  by: str = "mlprod.testing") -> str:
-    "Copy a bundle into `store`/bundles/<version>/ and point `store`/LIVE at it; return the version."
-    from mlprod.bundle import load_bundle
-    store = Path(store)
-    b = load_bundle(str(bundle_path))
-    dest = store / "bundles" / str(b.version)
-    if not dest.exists(): shutil.copytree(bundle_path, dest)
-    live = {"version": str(b.version), "manifest_sha256": hashlib.sha256((dest / "manifest.json").read_bytes()).hexdigest(),
-            "deployed_at": time.time(), "by": by}
-    tmp = store / f".LIVE.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(live))
-    os.replace(tmp, store / "LIVE")
-    return str(b.version)
+    "Copy a bundle into `store` and switch the store's LIVE pointer to it (no gate); return the version."
+    import fsspec
+    from mlprod.store import copy_in, new_entry, open_store, pointer_for
+    st = open_store(str(store), "test")
+    live, token = st.read_live()
+    fs, root = fsspec.core.url_to_fs(str(bundle_path))
+    raw = fs.cat_file(f"{root}/manifest.json")
+    manifest = json.loads(raw)
+    copy_in(st, fs, root, manifest, signed=fs.exists(f"{root}/signature.json"))
+    entry = new_entry("deploy", st.env, manifest["version"], by=by, previous=live["version"] if live else None,
+                      manifest_sha256=hashlib.sha256(raw).hexdigest(), source={"uri": str(bundle_path)})
+    st.commit(pointer_for(entry), token, entry)
+    return manifest["version"]

@@ -31,3 +31,22 @@ def messy_rows(n=600, seed=1):
     rows.loc[rng.random(n) < 0.05, "pickup_lat"] = np.nan              # required: refused
     rows.loc[rng.random(n) < 0.03, "dropoff_lat"] = 95.0               # out of range: refused
     return rows
+
+
+def binary_bundle(path):
+    "A penguin classifier of a 0/1 target (Adelie or not): integer classes, as `mlprod train` infers them from 0/1."
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from mlprod.bundle import save_bundle
+    from mlprod.data import load_example
+    from mlprod.models import ProbabilityCalibrator
+    from mlprod.spec_infer import infer_spec
+    from mlprod.transforms import SpecTransformer
+    ex = load_example("penguins")
+    df = ex.frame.assign(**{ex.target: (ex.frame[ex.target] == "Adelie").astype(int)}).sample(frac=1, random_state=0)
+    spec = infer_spec(df, ex.target)
+    fit, cal = df.iloc[: len(df) // 2], df.iloc[len(df) // 2:]
+    t = SpecTransformer(spec).fit(fit)
+    model = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(t.transform(fit), fit[ex.target])
+    conf = ProbabilityCalibrator.calibrate(model.predict_proba(t.transform(cal)), cal[ex.target].to_numpy(), spec.target.classes)
+    return save_bundle(str(path), spec=spec, transformer=t, model=model, confidence=conf, testset=df.head(0),
+                       name="adelie", metrics={})

@@ -271,8 +271,12 @@ def test_model_not_ready(start, tampered_bundle):
         body = requests.get(s.url + "/v1/ready").json()
         if "could not be loaded" in body["message"]: break
         time.sleep(0.05)
-    assert "bundle_tampered" in check_envelope(requests.get(s.url + "/v1/ready"), "model_not_ready")["message"]
-    check_envelope(post(s, {"x": 1}), "model_not_ready")
+    message = check_envelope(requests.get(s.url + "/v1/ready"), "model_not_ready")["message"]
+    answer = check_envelope(post(s, {"x": 1}), "model_not_ready")["message"]
+    assert "bundle_tampered" in message and answer == message
+    # the load failure's detail (paths, the exception's text) is in the server's log, never in an answer
+    detail = next(l["message"] for l in s.log_lines() if l.get("event") == "model_failed")
+    assert str(tampered_bundle) in detail and str(tampered_bundle) not in message and "sha256" not in message
     assert any(line.get("event") == "auth_off" for line in s.log_lines())  # the startup log warns
 
 

@@ -66,9 +66,9 @@ print(json.dumps({"heavy": heavy(), "status": status}))
 
 
 def test_the_serving_modules_import_neither_pandas_nor_sklearn():
-    "The API's modules load pandas and scikit-learn only where a fallback needs them (inside functions)."
+    "The API, the endpoint client and the model server load pandas and scikit-learn only where a fallback needs them."
     got = python("""
-import mlprod.api, mlprod.api.routes, mlprod.api.docs, mlprod.wsgi, mlprod.cli_serve
+import mlprod.api, mlprod.api.routes, mlprod.api.docs, mlprod.wsgi, mlprod.remote, mlprod.modelserver, mlprod.cli_serve
 print(json.dumps({"heavy": heavy(), "loaded": sorted(m for m in ("pandas", "sklearn", "scipy") if m in sys.modules)}))
 """)
     assert got == {"heavy": [], "loaded": []}

@@ -91,7 +91,7 @@ def test_vertex_endpoint_through_the_sdk(start, vertex, trips):
     assert [g.get("prediction") for g in got] == in_process(trips, recs), got[0]
     method, path, body = vertex.calls[-1]  # what the SDK sent: the transformed row, not the client's record
     n_features = len(load_bundle(trips).fitted.transformer.get_feature_names_out())
-    assert (method, path, [len(row) for row in body["instances"]]) == ("POST", f"/v1/{resource}:predict", [n_features])
+    assert (method, path, [len(row) for row in body["instances"]]) == ("POST", f"{resource}:predict", [n_features])
 
 
 def load(server, body, seconds, threads=2, path="/v1/predict", stop=None):
@@ -150,7 +150,7 @@ def versions(work):
 @pytest.fixture()
 def store(work, request):
     root = work / f"store-{request.node.name}"
-    (root / "dev" / "bundles").mkdir(parents=True)
+    root.mkdir()
     (root / "mlprod.yaml").write_text(f"environments:\n  dev:\n    store: {root / 'dev'}\n")
     return root
 
@@ -177,6 +177,8 @@ def test_hot_reload_under_load_two_switches(start, store, versions):
         assert order == sorted(order)
     doc = requests.get(api.url + "/v1/model", timeout=5).json()["model"]
     assert (doc["version"], doc["source"], doc["env"]) == (v[2], "env:dev", "dev") and doc["loaded_at"]
+    ledger = [json.loads(l) for l in (store / "dev" / "ledger.jsonl").read_text().splitlines()]
+    assert (doc["live"]["move"], doc["live"]["action"]) == (ledger[-1]["id"], "deploy")  # the pointer's own move
     assert [l["model"]["version"] for l in api.log_lines() if l.get("event") == "model_swapped"] == v[1:]
 
 
@@ -207,3 +209,54 @@ def test_sighup_and_a_refused_bundle(start, store, versions):
     assert refused and refused[0]["code"] == "bundle_tampered" and f"still serving {v2}" in refused[0]["message"]
     assert versions_served(20) == {v2}
     assert len(api.worker_pids()) == 2  # SIGHUP did not restart the workers
+
+
+# ---------------------------------------------------------------- one rule for a batch (issue 17)
+
+def test_the_batch_route_and_mlprod_predict_follow_one_rule(start, work):
+    "Each record answered or refused with its codes, the same records and codes as `mlprod predict`, same numbers."
+    import pandas as pd
+    from _bundles import messy_rows, trips_bundle
+    from mlprod.bundle import frame_records
+    from mlprod.cli import capture
+    bundle = trips_bundle(work / "messy-trips.bundle", n=1000)
+    rows = messy_rows(120)
+    rows.to_parquet(work / "messy.parquet")
+    status, _, err = capture("predict", bundle, work / "messy.parquet", "-o", work / "messy-out.parquet", "--allow-partial")
+    assert status == 0, err
+    cli, cli_errors = pd.read_parquet(work / "messy-out.parquet"), pd.read_parquet(work / "messy-out.errors.parquet")
+    api = start("serve", bundle, {"MLPROD_AUTH": "off"})
+    body = post(api, {"instances": frame_records(rows)}, "/v1/batch").json()
+    assert body["success"] and body["code"] == "ok" and body["model"]["version"] == load_bundle(bundle).version
+    refused = cli["prediction_error_code"].notna()
+    assert 0 < refused.sum() < len(rows)  # both kinds are there
+    assert [r["code"] == "ok" for r in body["results"]] == (~refused).tolist()
+    assert body["counts"] == {"ok": int((~refused).sum()), "invalid_input": int(refused.sum())}
+    got_errors = sorted((r["index"], e["field"], e["code"]) for r in body["results"] for e in r.get("errors", []))
+    assert got_errors == sorted(cli_errors[["index", "field", "code"]].itertuples(index=False, name=None))
+    for r, (_, row) in zip(body["results"], cli.iterrows()):
+        if r["code"] != "ok": continue
+        p = r["prediction"]
+        assert (p["value"], p["lower"], p["upper"]) == pytest.approx(
+            (row["prediction"], row["prediction_lower"], row["prediction_upper"]), rel=1e-9)
+
+
+def test_integer_class_labels_stay_integers_in_the_envelope(start, work):
+    "A 0/1 target answers `label: 1`, not `\"1\"`: in-process and remote, one record, `instances` and /v1/batch."
+    from _bundles import binary_bundle
+    bundle = binary_bundle(work / "adelie.bundle")
+    b = load_bundle(bundle)
+    assert b.spec.target.classes == [0, 1]
+    from mlprod.bundle import frame_records
+    from mlprod.data import load_example
+    recs = [{k: v for k, v in r.items() if k in b.spec.features and v is not None}
+            for r in frame_records(load_example("penguins").frame.head(6))]
+    model = start("model-server", bundle, wait="/health")
+    servers = [start("serve", bundle, {"MLPROD_AUTH": "off"}),
+               start("serve", bundle, REMOTE, None, "/v1/ready", "--model-endpoint", model.url)]
+    for api in servers:
+        labels = [post(api, r).json()["prediction"]["label"] for r in recs]
+        labels += [p["label"] for p in post(api, {"instances": recs}).json()["predictions"]]
+        labels += [x["prediction"]["label"] for x in post(api, {"instances": recs}, "/v1/batch").json()["results"]]
+        assert {type(x) for x in labels} == {int} and set(labels) <= {0, 1} and len(labels) == 18
+        assert labels[:6] == [p["label"] for p in in_process(bundle, recs)]

@@ -15,7 +15,8 @@ What it keeps, in memory, per resource name (`projects/P/locations/L/<collection
   mlprod's model server does (INTERFACES.md, remote model protocol): it loads `model.joblib` from the model's
   `artifactUri` on the GCS emulator and answers `{"predictions": [...]}` — a number per instance for a regressor, the
   class probabilities for a classifier. `standin.forward(endpoint_id, url)` sends an endpoint's predictions to a real
-  server instead (e.g. `mlprod model-server`), and `standin.fail_predict(endpoint_id, status)` makes it fail.
+  server instead (e.g. `mlprod model-server`; an endpoint with nothing deployed predicts too once forwarded, and
+  the server being down answers 503 UNAVAILABLE), and `standin.fail_predict(endpoint_id, status)` makes it fail.
 - Jobs: a created job is `JOB_STATE_SUCCEEDED` on its first GET unless `standin.job_outcome` (a function of the
   job's body returning the fields to merge, e.g. `{"state": "JOB_STATE_FAILED", "error": {...}}`) says otherwise.
 - `standin.calls`: every request as (method, path, JSON body), for tests that assert what the SDK sent.
@@ -28,6 +29,7 @@ import itertools
 import json
 import re
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,12 +120,18 @@ class VertexStandIn:
         if self._fail.get(name):
             return self._fail[name], {"error": {"code": self._fail[name], "message": "unavailable"}}
         split = endpoint.get("trafficSplit") or {}
-        if not split: return 400, {"error": {"code": 9, "message": "the endpoint has no deployed model"}}
-        deployed = max(split, key=lambda k: (split[k], k))
+        if not split and not self._forward.get(name):
+            return 400, {"error": {"code": 9, "message": "the endpoint has no deployed model"}}
+        deployed = max(split, key=lambda k: (split[k], k)) if split else "1"
         if self._forward.get(name):
             req = urllib.request.Request(self._forward[name], data=json.dumps({"instances": instances}).encode(),
                                          headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=30) as r: answer = json.loads(r.read())
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r: answer = json.loads(r.read())
+            except urllib.error.HTTPError as e:  # the model server refused the instances: passed on
+                return e.code, {"error": {"code": e.code, "message": e.read().decode(errors="replace")}}
+            except OSError as e:  # the deployed model is down: what Vertex AI answers then
+                return 503, {"error": {"code": 503, "message": str(e), "status": "UNAVAILABLE"}}
         else:
             model = next(m for m in endpoint["deployedModels"] if m["id"] == deployed)
             answer = {"predictions": self._model_predict(self.resources[model["model"]], instances)}

@@ -53,6 +53,7 @@ def _auth_error(code: str, message: str) -> MlprodError: return MlprodError(mess
 
 _JWT_ERRORS = [(jwt.ExpiredSignatureError, "token_expired", "The token has expired; get a new one."),
                (jwt.InvalidSignatureError, "invalid_token", "The token's signature does not verify."),
+               (jwt.ImmatureSignatureError, "invalid_token", "The token is not valid yet: its nbf or iat is in the future."),
                (jwt.PyJWTError, "invalid_token", None)]
 
 class Authenticator:
@@ -83,7 +84,7 @@ class Authenticator:
             raise _auth_error("forbidden", f"The token does not allow prediction: its `scope` claim must contain "
                                            f"{self.scope!r}.")
         if len(self._verified) >= self.cache_size: self._verified.clear()
-        self._verified[token] = (int(claims["exp"]), claims)
+        self._verified[token] = (int(claims["exp"]) + self.settings.jwt_leeway, claims)
         return claims
 
     def _decode(self, token: str) -> dict:
@@ -91,7 +92,7 @@ class Authenticator:
         try:
             for i, key in enumerate(self.keys):  # during a rotation, a token signed by any of them
                 try: return jwt.decode(token, key, algorithms=[self.algorithm], audience=s.jwt_audience,
-                                       issuer=s.jwt_issuer,
+                                       issuer=s.jwt_issuer, leeway=s.jwt_leeway,
                                        options={"require": ["exp"], "verify_aud": s.jwt_audience is not None})
                 except jwt.InvalidSignatureError:
                     if i == len(self.keys) - 1: raise

@@ -19,10 +19,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from ..wsgi import json_logger
 
 # %% auto #0
-__all__ = ['ENDPOINTS', 'SECURITY_HEADERS', 'Metrics', 'AccessLog', 'Observer', 'Observed']
+__all__ = ['ENDPOINTS', 'METHODS', 'SECURITY_HEADERS', 'Metrics', 'AccessLog', 'Observer', 'Observed']
 
 # %% ../../nbs/07d_api_observe.ipynb #8d68e044
 ENDPOINTS = ("/v1/predict", "/v1/batch", "/v1/health", "/v1/ready", "/v1/model", "/openapi.json", "/docs", "/metrics")
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 class Metrics:
     "The Prometheus metrics of one app, in their own registry."
@@ -98,10 +99,10 @@ class Observer:
         endpoint = path if path in ENDPOINTS else "other"
         code = environ.get("mlprod.code") or ("ok" if status < 400 else "internal_error")
         method = environ.get("REQUEST_METHOD", "")
-        self.metrics.observe(endpoint, method, status, code, seconds)
+        self.metrics.observe(endpoint, method if method in METHODS else "other", status, code, seconds)
         n = environ.get("mlprod.records")
         if n: self.metrics.records.inc(n)
-        f = {"request_id": environ.get("mlprod.request_id"), "method": method, "path": path[:200], "status": status,
+        f = {"request_id": environ.get("mlprod.request_id"), "method": method[:20], "path": path[:200], "status": status,
              "code": code, "ms": round(seconds * 1000, 3), "remote": environ.get("REMOTE_ADDR")}
         if "mlprod.sub" in environ: f["sub"] = environ["mlprod.sub"]
         if "mlprod.version" in environ: f["version"] = environ["mlprod.version"]

@@ -6,66 +6,50 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import signal
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BundleError, MlprodError, StorageError, UsageError
+from ..errors import BundleError, MlprodError, StorageError
 
 # %% auto #0
-__all__ = ['LivePointer', 'live_bundle', 'load_live', 'Reloader']
+__all__ = ['live_pointer', 'live_version', 'load_live', 'Reloader']
 
 # %% ../../nbs/07g_api_reload.ipynb #11f62e6b
-@dataclass(frozen=True)
-class LivePointer:
-    "Where an environment's live bundle is: its version, its folder, and the manifest digest the pointer promises."
-    env: str
-    version: str
-    uri: str
-    sha256: str | None = None
-
-def _store_of(env: str) -> str:
-    "The store URI of environment `env`, from the config file."
-    import yaml
-    path = Path(os.environ.get("MLPROD_CONFIG") or "mlprod.yaml")
-    try: config = yaml.safe_load(path.read_text()) or {}
-    except OSError: raise UsageError(f"Following environment {env!r} needs a config file: {path} cannot be read "
-                                     "(set MLPROD_CONFIG, or run where mlprod.yaml is).", code="config_missing") from None
-    store = ((config.get("environments") or {}).get(env) or {}).get("store") if isinstance(config, dict) else None
-    if not store: raise UsageError(f"{path} has no environments.{env}.store.", code="unknown_environment")
-    return str(store).rstrip("/")
-
-def live_bundle(env: str # an environment of the config file
-               ) -> LivePointer:
-    "The live bundle of environment `env`: its store's `LIVE` pointer, read in one request."
-    import fsspec
-    store = _store_of(env)
-    try:
-        with fsspec.open(f"{store}/LIVE", "rb") as f: live = json.loads(f.read())
-        version = str(live["version"])
-    except FileNotFoundError: raise StorageError(f"Environment {env!r} has no live bundle yet ({store}/LIVE is missing).",
-                                                 code="no_live_bundle") from None
+def live_pointer(env: str # an environment of the config file
+                ) -> "mlprod.registry.LiveBundle":
+    "The live bundle of environment `env` (`mlprod.registry.live_bundle`); `StorageError` when there is none."
+    from mlprod.registry import live_bundle
+    try: live = live_bundle(env)
+    except MlprodError: raise
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise StorageError(f"The live pointer {store}/LIVE cannot be read: {e}") from None
-    if not version or "/" in version or version.startswith("."):
-        raise StorageError(f"The live pointer {store}/LIVE names an invalid version {version!r}.")
-    return LivePointer(env, version, f"{store}/bundles/{version}", live.get("sha256") or live.get("manifest_sha256"))
+        raise StorageError(f"The live pointer of environment {env!r} cannot be read: {type(e).__name__}: {e}") from None
+    if live is None:
+        raise StorageError(f"Environment {env!r} has no live bundle yet: deploy one (mlprod deploy BUNDLE --env {env}).",
+                           code="no_live_bundle")
+    version = live.live.get("version") if isinstance(live.live, dict) else None
+    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
+        raise StorageError(f"The live pointer of environment {env!r} names an invalid version {version!r}.")
+    return live
+
+def live_version(live) -> str:
+    "The version a live pointer names."
+    return live.live["version"]
 
 # %% ../../nbs/07g_api_reload.ipynb #de5793db
-def load_live(pointer: LivePointer):
-    "The verified bundle `pointer` names; `BundleError` when it is not the one the pointer promises."
+def load_live(live # a `mlprod.registry.LiveBundle` (`live_pointer`)
+             ):
+    "The verified bundle `live` names; `BundleError` when it is not the one the pointer promises."
     from mlprod.bundle import load_bundle
-    bundle = load_bundle(pointer.uri, verify=True)
-    if pointer.sha256:
+    bundle = load_bundle(live.uri, verify=True, trust=live.trust)
+    promised = live.live.get("manifest_sha256")
+    if promised:
         digest = hashlib.sha256((Path(bundle.path) / "manifest.json").read_bytes()).hexdigest()
-        if digest != pointer.sha256:
-            raise BundleError(f"Bundle {pointer.uri}: its manifest's sha256 {digest[:12]}… is not the live pointer's "
-                              f"{pointer.sha256[:12]}….", code="bundle_tampered")
-    if str(bundle.version) != pointer.version:
-        raise BundleError(f"Bundle {pointer.uri} holds version {bundle.version}, not {pointer.version}.",
+        if digest != promised:
+            raise BundleError(f"Bundle {live.uri}: its manifest's sha256 {digest[:12]}… is not the live pointer's "
+                              f"{promised[:12]}….", code="bundle_tampered")
+    if str(bundle.version) != live_version(live):
+        raise BundleError(f"Bundle {live.uri} holds version {bundle.version}, not {live_version(live)}.",
                           code="bundle_tampered")
     return bundle
 
@@ -73,7 +57,7 @@ def load_live(pointer: LivePointer):
 class Reloader:
     "Follows a live pointer for a serving state: check every `interval` s or when woken, prepare, swap."
     def __init__(self, serving, # has `model`, `prepare(pointer)`, `swap(served)`, `refused(pointer, error)`
-                 locate, # () -> LivePointer
+                 locate, # () -> a `mlprod.registry.LiveBundle` (`live_pointer`)
                  interval: float): # seconds between checks
         self.serving, self.locate, self.interval = serving, locate, interval
         self.refused: dict = {} # version -> the reason it was refused
@@ -86,8 +70,8 @@ class Reloader:
             try: pointer = self.locate()
             except MlprodError as e: return self._failed(None, e)
             current = self.serving.model
-            if (current is not None and current.version == pointer.version) or pointer.version in self.refused:
-                return False
+            version = live_version(pointer)
+            if (current is not None and current.version == version) or version in self.refused: return False
             try: served = self.serving.prepare(pointer)
             except Exception as e: return self._failed(pointer, e)
             self.serving.swap(served)
@@ -95,9 +79,10 @@ class Reloader:
             return True
 
     def _failed(self, pointer, error) -> bool:
-        first = pointer is None or pointer.version not in self.refused
-        if pointer is not None and getattr(error, "code", None) != "model_unavailable":
-            self.refused[pointer.version] = str(error)  # not retried until the pointer moves
+        version = None if pointer is None else live_version(pointer)
+        first = version is None or version not in self.refused
+        if version is not None and getattr(error, "code", None) != "model_unavailable":
+            self.refused[version] = str(error)  # not retried until the pointer moves
         if first or str(error) != str(self.last_error): self.serving.refused(pointer, error)
         self.last_error = error
         return False

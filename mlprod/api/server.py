@@ -63,8 +63,8 @@ def run_server(bundle: str | None = None, # the bundle's path or URI; $MLPROD_BU
         require_extra("google.cloud.aiplatform_v1", "gcp")
     options = gunicorn_options(host, port, workers, threads, env)
     if settings.env:
-        from mlprod.api.reload import live_bundle, load_live
-        load_live(live_bundle(settings.env))  # config, pointer and bundle checked before gunicorn starts
+        from mlprod.api.reload import live_pointer, load_live
+        load_live(live_pointer(settings.env))  # config, pointer and bundle checked before gunicorn starts
         config = {**named, "env": settings.env}
     else:
         from mlprod.bundle import load_bundle

@@ -33,6 +33,7 @@ class Settings:
     jwt_audience: str | None = _setting(None, "when set, a token's `aud` must contain it")
     jwt_issuer: str | None = _setting(None, "when set, a token's `iss` must equal it")
     jwt_scope: str = _setting("predict", "the token's space-separated `scope` claim must contain it")
+    jwt_leeway: float = _setting(5.0, "seconds of clock difference allowed when checking a token's exp, nbf and iat")
     unknown_fields: str = _setting("reject", "`reject` or `ignore` input fields the spec does not know")
     max_instances: int = _setting(100, "most records in one /v1/predict `{\"instances\": [...]}` request")
     max_batch: int = _setting(1000, "most records in one /v1/batch request")
@@ -52,7 +53,7 @@ class Settings:
 
 # %% ../../nbs/07a_api_settings.ipynb #571b2233
 _OFF, _ON = {"off", "false", "0", "no", "n"}, {"on", "true", "1", "yes", "y"}
-_MAY_BE_ZERO = {"endpoint_retries"}
+_MAY_BE_ZERO = {"endpoint_retries", "jwt_leeway"}
 
 def _variable(name: str) -> str: return f"MLPROD_{name.upper()}"
 
@@ -100,6 +101,10 @@ def check_settings(s: Settings) -> Settings:
     if s.jwt_secret and s.jwt_public_key:
         raise UsageError("Both MLPROD_JWT_SECRET and MLPROD_JWT_PUBLIC_KEY are set: choose HS256 with the secret or "
                          "RS256/ES256 with the public key.", code="conflicting_settings")
+    if s.jwt_public_key and re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", s.jwt_public_key):
+        raise UsageError("MLPROD_JWT_PUBLIC_KEY holds a private key. The server needs only the public key — extract it "
+                         "with `openssl pkey -in private.pem -pubout` — and the private key stays with whoever signs "
+                         "tokens (MLPROD_JWT_PRIVATE_KEY, read by `mlprod token` only).", code="bad_key")
     if s.jwt_secret and len(s.jwt_secret.encode()) < 32:
         raise UsageError("MLPROD_JWT_SECRET is shorter than 32 bytes, too short for HS256 (RFC 7518): use e.g. "
                          "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`.", code="bad_key")

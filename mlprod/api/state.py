@@ -15,7 +15,7 @@ from .auth import Authenticator
 from .enrich import EnrichmentCache, fitted_with, read_reference, reference_transformer
 from .envelope import envelope
 from .observe import Observer
-from .reload import Reloader, live_bundle, load_live
+from .reload import Reloader, live_pointer, live_version, load_live
 from .settings import Settings
 
 # %% auto #0
@@ -41,6 +41,7 @@ class Served:
         self.source = source or str(getattr(bundle, "uri", "") or "")
         self.loaded_at = time.time()
         self.docs_cache: dict = {}
+        self.live: dict | None = None # for an environment's live bundle: the pointer's deployed_at, by, move...
 
     def predict_batch(self, records: list) -> list:
         "Prediction objects for cleaned records: one endpoint call when remote, the fast path for each otherwise."
@@ -151,7 +152,7 @@ class Serving:
         if s.enrich_uri and self.enrichment is None: self.enrichment = EnrichmentCache(
             lambda: read_reference(s.enrich_uri), s.enrich_ttl, self._reference_changed, self._reference_failed)
         if s.env and self.reloader is None:
-            self.reloader = Reloader(self, lambda: live_bundle(s.env), s.reload_interval)
+            self.reloader = Reloader(self, lambda: live_pointer(s.env), s.reload_interval)
             self.reloader.on_sighup()
         self._pid = os.getpid()
         if background: threading.Thread(target=self._load, name="mlprod-load", daemon=True).start()
@@ -190,7 +191,8 @@ class Serving:
 
     def prepare(self, pointer) -> Served:
         "The verified, warmed `Served` for a live pointer (the reloader calls this off the request path)."
-        served = self.build(load_live(pointer), f"env:{pointer.env}")
+        served = self.build(load_live(pointer), f"env:{self.settings.env}")
+        served.live = {k: pointer.live.get(k) for k in ("deployed_at", "by", "action", "move", "signer")}
         warm(served, self.settings)
         return served
 
@@ -210,7 +212,7 @@ class Serving:
         if self.model is None: self.state, self.problem = "failed", error
         if pointer is not None: self.metrics.reloads.labels("refused").inc()
         keeps = f"; still serving {self.model.version}" if self.model is not None else ""
-        what = (f"bundle {pointer.version} refused" if pointer is not None
+        what = (f"bundle {live_version(pointer)} refused" if pointer is not None
                 else "model not loaded" if self.model is None else "live pointer not read")
         self._event("error", f"{what}: {error}{keeps}", "model_failed" if pointer is None else "model_refused",
                     code=code, exc_info=not isinstance(error, MlprodError))
@@ -230,9 +232,11 @@ class Serving:
         self._event("warning", f"reference data not refreshed, serving the previous data: {type(e).__name__}: {e}",
                     "enrichment_failed")
 
-    def _endpoint_result(self, result: str, is_open: bool):
+    def _endpoint_result(self, result: str, is_open: bool, detail: str | None = None):
         self.metrics.remote.labels(result).inc()
         self.metrics.breaker.set(1 if is_open else 0)
+        if detail: self._event("warning", f"model endpoint call failed: {detail}", "endpoint_failed",
+                               breaker="open" if is_open else "closed")
 
     def ready_model(self) -> Served:
         "The model to answer with, or `ModelNotReady` (503)."
@@ -241,7 +245,8 @@ class Serving:
         if self._pid != os.getpid() and self.state == "loading": self.start()  # forked after create_app (--preload)
         if self.state == "failed":
             p = self.problem
-            raise ModelNotReady(f"The model could not be loaded ({getattr(p, 'code', 'internal_error')}): {p}")
+            raise ModelNotReady(f"The model could not be loaded ({getattr(p, 'code', 'internal_error')}); "
+                                "the server's log says why.")  # paths and exception text stay in the log
         raise ModelNotReady("The model is still loading and being verified; retry in a moment.")
 
     def wait_ready(self, timeout: float = 30) -> bool:
@@ -262,4 +267,5 @@ class Serving:
                 "topology": "remote" if m.endpoint else "in-process"}
         if m.endpoint: doc["endpoint"] = {"target": m.endpoint, "breaker": self.endpoint.state}
         if self.settings.env: doc["env"] = self.settings.env
+        if m.live: doc["live"] = m.live
         return doc | {"metrics": getattr(b, "metrics", None) or {}, "inputs": spec.json_schema(self.settings.unknown_fields)}
