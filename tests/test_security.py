@@ -10,7 +10,9 @@ import hmac
 import http.client
 import io
 import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from conftest import PROD_ENV, PROD_SECRET
 from mlprod.errors import ENVELOPE_CODES
 from mlprod.testing import example_records
-from servers import Server, free_port, stop_all
+from servers import Server, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -137,7 +139,6 @@ def test_keys_of_two_kinds_refuse_to_start(penguins_prod_bundle):
     "An RSA and an EC key together would need two algorithms: refused before gunicorn starts."
     ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    import os, subprocess
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLPROD_")}
     env["MLPROD_JWT_PUBLIC_KEY"] = rsa_pair()[1] + ec_pub
     r = subprocess.run([sys.executable, "-m", "mlprod.cli", "serve", penguins_prod_bundle, "--port", str(free_port())],
