@@ -281,7 +281,7 @@ class _Transformers:
 class Bundle:
     "A verified model bundle: its manifest, spec, metrics and a model that predicts on both paths."
     def __init__(self, path: Path, manifest: dict, uri: str):
-        from mlprod.transforms import SpecTransformer
+        from mlprod.record import RecordTransformer  # the light record path: no scikit-learn, no pandas to serve
         self.path, self.uri, self.manifest = path, uri, manifest
         self.name, self.version = manifest["name"], manifest["version"]
         self.signer = None # the key id of a verified signature (set by `load_bundle`)
@@ -292,7 +292,7 @@ class Bundle:
         info = manifest.get("model", {})
         fast = self._load_fast(path / "fastpath" / "model") if info.get("fastpath") else None
         state = json.loads((path / "confidence" / "confidence.json").read_text())
-        record_t = SpecTransformer.from_state(self.spec, json.loads((path / "fastpath" / "transform.json").read_text()))
+        record_t = RecordTransformer.from_state(self.spec, json.loads((path / "fastpath" / "transform.json").read_text()))
         self._transformers = _Transformers(record_t, lambda: self._joblib("preprocess/transformer.joblib"))
         self._model = _Lazy(self._load_model)
         if state["kind"] == "interval":

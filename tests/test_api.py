@@ -474,3 +474,48 @@ def test_soft_range_warnings_and_the_batch_route(start, trips_bundle):
     assert batch["results"][1]["errors"][0]["code"] == "unknown_category" and batch["results"][2]["warnings"]
     metrics = requests.get(s.url + "/metrics", timeout=5).text
     assert 'mlprod_input_warnings_total{code="outside_expected_range",feature="passengers"} 2.0' in metrics
+
+
+# ---------------------------------------------------------------- issue 15: weaknesses a read of the code found
+
+def test_invented_methods_share_one_metrics_label(trips):
+    "Anyone can send `FOO /v1/predict`; each invented method must not become a Prometheus series of its own."
+    verbs = [f"X{i}ZZY" for i in range(12)]
+    for verb in verbs:
+        r = requests.request(verb, trips.url + "/v1/predict", timeout=5)
+        assert r.status_code in (400, 405) and r.json()["code"] in ("method_not_allowed", "malformed_json")
+    m = requests.get(trips.url + "/metrics", timeout=5).text
+    assert not any(v in m for v in verbs) and 'method="other"' in m
+
+
+def test_a_duplicate_key_is_refused_naming_it(trips):
+    body = '{"instances": [{"pickup_lat": 40.7, "pickup_lat": 41.9}]}'
+    r = requests.post(trips.url + "/v1/predict", data=body, timeout=5,
+                      headers={**auth(token()), "Content-Type": "application/json"})
+    assert "'pickup_lat' appears twice" in check_envelope(r, "malformed_json")["message"]
+
+
+def test_the_openapi_error_table_lists_every_code_of_a_status(trips):
+    answers = requests.get(trips.url + "/openapi.json", timeout=5).json()["paths"]["/v1/predict"]["post"]["responses"]
+    assert answers["401"]["x-codes"] == ["missing_token", "invalid_token", "token_expired"]
+    assert answers["503"]["x-codes"] == ["model_not_ready", "model_unavailable"]
+
+
+def test_clock_leeway_is_a_setting(start, penguins_bundle):
+    "A token issued by a machine whose clock runs 20 s ahead: refused with no leeway, accepted with 30 s."
+    ahead = int(time.time()) + 20
+    tok = token(iat=ahead, nbf=ahead, exp=ahead + 600)
+    rec = records(penguins_bundle, 1)[0]
+    strict = start(penguins_bundle, {**HS_ENV, "MLPROD_JWT_LEEWAY": "0"}, wait="/v1/ready")
+    lenient = start(penguins_bundle, {**HS_ENV, "MLPROD_JWT_LEEWAY": "30"}, wait="/v1/ready")
+    check_envelope(post(strict, rec, auth(tok)), "invalid_token")
+    check_envelope(post(lenient, rec, auth(tok)), "ok")
+
+
+def test_a_private_key_as_the_public_key_refuses_to_start(rsa_keys, penguins_bundle):
+    priv, _ = rsa_keys
+    r = subprocess.run([sys.executable, "-m", "mlprod.cli", "serve", penguins_bundle, "--port", str(free_port())],
+                       env={**os.environ, "MLPROD_JWT_PUBLIC_KEY": priv}, capture_output=True, text=True, timeout=60)
+    last = r.stderr.splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: bad_key:") and "holds a private key" in last, r.stderr
+    assert "BEGIN" not in r.stderr  # the key itself is never echoed

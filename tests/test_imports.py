@@ -72,3 +72,16 @@ import mlprod.api, mlprod.api.routes, mlprod.api.docs, mlprod.wsgi, mlprod.remot
 print(json.dumps({"heavy": heavy(), "loaded": sorted(m for m in ("pandas", "sklearn", "scipy") if m in sys.modules)}))
 """)
     assert got == {"heavy": [], "loaded": []}
+
+
+def test_serving_a_scikit_learn_bundle_imports_neither_pandas_nor_sklearn():
+    "Loading a bundle and answering through the API's app: the record path and the fast path, nothing heavier."
+    from mlprod.testing import example_bundle, example_records
+    bundle = example_bundle("city_trips", n=2000, max_iter=20)
+    got = python(f"""
+from mlprod.api import create_app
+app = create_app({{"bundle": {str(bundle)!r}, "auth": False}}, env={{}}, background=False)
+r = app.test_client().post("/v1/predict", json={example_records(bundle, 1)[0]!r})
+print(json.dumps({{"code": r.get_json()["code"], "loaded": sorted(m for m in ("pandas", "sklearn", "scipy") if m in sys.modules)}}))
+""")
+    assert got == {"code": "ok", "loaded": []}

@@ -188,6 +188,8 @@ def test_sighup_and_a_refused_bundle(start, store, versions):
     api = start("serve", None, env, None, "/v1/ready", "--env", "dev", "--workers", "2")
     rec = example_records(versions[0], 1)[0]
     def versions_served(n=12): return {post(api, rec).json()["model"]["version"] for _ in range(n)}
+    end = time.monotonic() + 10  # /v1/ready answered from one worker; the other takes a moment more under load
+    while [post(api, rec).status_code for _ in range(12)] != [200] * 12 and time.monotonic() < end: time.sleep(0.05)
     assert versions_served() == {v1}
     v2 = publish(store / "dev", versions[1])
     time.sleep(0.3)

@@ -61,12 +61,16 @@ def _components(served: Served, settings: Settings) -> dict:
 def openapi_document(served: Served, settings: Settings) -> dict:
     "The OpenAPI 3.1 description of the API for the served model."
     spec = served.spec
-    def answers(*codes):
-        return {str(ENVELOPE_CODES[c].http_status): {"description": f"`{c}`: {ENVELOPE_CODES[c].meaning}",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}} for c in codes}
+    def answers(*codes):  # OpenAPI keys responses by status: each lists every code it carries (x-codes)
+        by_status: dict = {}
+        for c in codes: by_status.setdefault(str(ENVELOPE_CODES[c].http_status), []).append(c)
+        return {status: {"description": "; ".join(f"`{c}`: {ENVELOPE_CODES[c].meaning}" for c in cs), "x-codes": cs,
+                         "content": {"application/json": {"schema": {"allOf": [
+                             {"$ref": "#/components/schemas/Envelope"}, {"properties": {"code": {"enum": cs}}}]}}}}
+                for status, cs in by_status.items()}
     secured = [{"bearer": []}] if settings.auth else []
-    auth_codes = ("missing_token", "token_expired", "forbidden") if settings.auth else ()
-    model_codes = ("model_not_ready", "model_unavailable") if served.endpoint else ("model_not_ready",)
+    auth_codes = ("missing_token", "invalid_token", "token_expired", "forbidden") if settings.auth else ()
+    model_codes = ("model_not_ready", "model_unavailable")  # the second when the model is behind an endpoint
     batch = lambda limit: {"type": "object", "required": ["instances"], "properties": {"instances": {
         "type": "array", "minItems": 1, "maxItems": limit, "items": {"$ref": "#/components/schemas/Record"}}}}
     body = lambda schema: {"required": True, "content": {"application/json": {"schema": schema}}}

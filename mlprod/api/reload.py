@@ -37,9 +37,13 @@ def live_version(live) -> str:
     return live.live["version"]
 
 # %% ../../nbs/07g_api_reload.ipynb #de5793db
+_LAST: dict = {} # (uri, manifest sha256) -> the bundle loaded last, inherited by forked workers
+
 def load_live(live # a `mlprod.registry.LiveBundle` (`live_pointer`)
              ):
     "The verified bundle `live` names; `BundleError` when it is not the one the pointer promises."
+    key = (live.uri, live.live.get("manifest_sha256"))
+    if key in _LAST: return _LAST[key]
     from mlprod.bundle import load_bundle
     bundle = load_bundle(live.uri, verify=True, trust=live.trust)
     promised = live.live.get("manifest_sha256")
@@ -51,6 +55,7 @@ def load_live(live # a `mlprod.registry.LiveBundle` (`live_pointer`)
     if str(bundle.version) != live_version(live):
         raise BundleError(f"Bundle {live.uri} holds version {bundle.version}, not {live_version(live)}.",
                           code="bundle_tampered")
+    _LAST.clear(); _LAST[key] = bundle
     return bundle
 
 # %% ../../nbs/07g_api_reload.ipynb #a91d4e1d

@@ -30,6 +30,17 @@ def _read_chunked(stream, max_bytes: int) -> bytes:
         if size > max_bytes: raise MlprodError(f"The body is over the limit of {max_bytes} bytes.", code="payload_too_large")
         parts.append(b)
 
+class _DuplicateKey(ValueError): pass
+
+def _unique_keys(pairs: list) -> dict:
+    "An object's pairs as a dict; `_DuplicateKey` when a key appears twice."
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(key)
+    return d
+
 def read_json(req, max_bytes: int, keep: bool = False): # keep: store the raw body for the access log
     "The parsed JSON body of `req`, or the envelope error for a wrong media type, a body too large, bad JSON."
     mt = req.mimetype
@@ -41,7 +52,10 @@ def read_json(req, max_bytes: int, keep: bool = False): # keep: store the raw bo
         raise MlprodError(f"The body has {n} bytes, over the limit of {max_bytes}.", code="payload_too_large")
     data = req.get_data(cache=False) if n is not None else _read_chunked(req.stream, max_bytes)
     if keep: req.environ["mlprod.payload"] = data[:2000].decode("utf-8", "replace")
-    try: return json.loads(data)
+    try: return json.loads(data, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise MlprodError(f"The body is not valid JSON for this API: the key {str(e.args[0])[:100]!r} appears twice in "
+                          "one object.", code="malformed_json") from None
     except (ValueError, RecursionError) as e:
         where = f" at line {e.lineno}, column {e.colno}" if hasattr(e, "lineno") else ""
         raise MlprodError(f"The body is not valid JSON{where}.", code="malformed_json") from None
