@@ -227,6 +227,30 @@ def test_hostile_body_answered_in_the_envelope(prod_api, record, case):
     assert sorted(prod_api.worker_pids()) == pids  # no worker died or was replaced
 
 
+def test_hostile_bodies_do_not_block_others(prod_api, record):
+    "Four clients send every hostile body in turn for 3 s; meanwhile a fifth is answered at normal speed."
+    bodies, stop, refused = list(_hostile(record).values()), threading.Event(), []
+    def attacker(k):
+        while not stop.is_set():
+            body, ctype, codes = bodies[k % len(bodies)]
+            refused.append(raw(prod_api, body, ctype)[1]["code"] in codes); k += 1
+    attackers = [threading.Thread(target=attacker, args=(k * 3,)) for k in range(4)]
+    for t in attackers: t.start()
+    times, s, tok, end = [], requests.Session(), hs(), time.monotonic() + 3
+    try:
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            r = s.post(prod_api.url + "/v1/predict", json=record, headers={"Authorization": f"Bearer {tok}"}, timeout=10)
+            times.append(time.perf_counter() - t0)
+            assert r.status_code == 200, r.text
+    finally:
+        stop.set()
+        for t in attackers: t.join()
+    print(f"\nwhile 4 clients sent {len(refused)} hostile bodies: {len(times)} good requests, slowest "
+          f"{max(times) * 1000:.1f} ms")
+    assert all(refused) and len(refused) > 20 and len(times) > 20 and max(times) < 1.0
+
+
 def test_chunked_body_over_the_limit(prod_api):
     "No Content-Length: the server counts while reading and stops at the limit."
     head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
