@@ -56,3 +56,35 @@ def vertex(gcs):
     from vertex_standin import VertexStandIn
     with VertexStandIn() as standin:
         yield standin
+
+
+# The API as production runs it, shared by the reliability and security tests (tests/test_security.py,
+# tests/test_reliability.py, tests/test_fuzz.py): `mlprod serve` on a real penguin bundle, HS256 tokens with an
+# audience and issuer, the default limits, 2 workers × 4 threads (gthread).
+PROD_SECRET = "reliability-suite-secret-that-is-long-enough-for-hs256"
+PROD_ENV = {"MLPROD_JWT_SECRET": PROD_SECRET, "MLPROD_JWT_AUDIENCE": "mlprod-clients",
+            "MLPROD_JWT_ISSUER": "https://auth.example"}
+PROD_ARGS = ("--workers", "2", "--threads", "4")
+
+
+@pytest.fixture(scope="session")
+def penguins_prod_bundle():
+    from mlprod.testing import example_bundle
+    return example_bundle("penguins", n=None, max_iter=30)
+
+
+@pytest.fixture(scope="session")
+def prod_api(tmp_path_factory, penguins_prod_bundle):
+    "One production-configured API for the session (tests must not stop it)."
+    import sys
+    from servers import Server, free_port
+    port = free_port()
+    log = tmp_path_factory.mktemp("prod-api") / "server.log"
+    s = Server([sys.executable, "-m", "mlprod.cli", "serve", penguins_prod_bundle, "--port", str(port), *PROD_ARGS],
+               PROD_ENV, port, log)
+    yield s.wait("/v1/ready")
+    s.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: the one long run of the suite (60 s of load); it runs in CI too")

@@ -5,6 +5,7 @@
 # %% ../../nbs/07b_api_auth.ipynb #293152db
 from __future__ import annotations
 
+import re
 import time
 
 import jwt
@@ -32,11 +33,20 @@ def _public_key_algorithm(pem: str) -> str:
     raise UsageError(f"The JWT key is a {type(key).__name__}; mlprod takes RSA or EC (P-256/384/521) keys.",
                      code="bad_key")
 
+def _pem_keys(pem: str) -> list:
+    "Each PEM block of `pem`: a public key setting may hold several keys at once (key rotation)."
+    return re.findall(r"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", pem, re.S) or [pem]
+
 def jwt_algorithm(s: Settings, signing: bool = False) -> str | None:
     "The one algorithm tokens are verified (or, with `signing`, signed) with: HS256, RS256 or ES256/384/512."
     if s.jwt_secret: return "HS256"
     key = s.jwt_private_key if signing else s.jwt_public_key
-    return _public_key_algorithm(key) if key else None
+    if not key: return None
+    algorithms = {_public_key_algorithm(k) for k in _pem_keys(key)}
+    if len(algorithms) > 1:
+        raise UsageError(f"The JWT public keys need different algorithms ({', '.join(sorted(algorithms))}); "
+                         "keys used together (during a rotation) must be of one kind.", code="bad_key")
+    return algorithms.pop()
 
 # %% ../../nbs/07b_api_auth.ipynb #4bba0f1b
 def _auth_error(code: str, message: str) -> MlprodError: return MlprodError(message, code=code)
@@ -47,12 +57,12 @@ _JWT_ERRORS = [(jwt.ExpiredSignatureError, "token_expired", "The token has expir
                (jwt.PyJWTError, "invalid_token", None)]
 
 class Authenticator:
-    "Verifies `Authorization: Bearer` JWTs with one key and one algorithm; remembers verified tokens until `exp`."
+    "Verifies `Authorization: Bearer` JWTs with one algorithm and its key(s); remembers verified tokens until `exp`."
     def __init__(self, settings: Settings, cache_size: int = 4096):
         self.settings, self.on, self.cache_size = settings, settings.auth, cache_size
         self.algorithm = jwt_algorithm(settings) if settings.auth else None
-        key = settings.jwt_secret or settings.jwt_public_key
-        self.key = jwt.get_algorithm_by_name(self.algorithm).prepare_key(key) if self.on else None
+        keys = [settings.jwt_secret] if settings.jwt_secret else _pem_keys(settings.jwt_public_key or "")
+        self.keys = [jwt.get_algorithm_by_name(self.algorithm).prepare_key(k) for k in keys] if self.on else []
         self.scope = settings.jwt_scope
         self._verified: dict = {}
 
@@ -80,8 +90,12 @@ class Authenticator:
     def _decode(self, token: str) -> dict:
         s = self.settings
         try:
-            return jwt.decode(token, self.key, algorithms=[self.algorithm], audience=s.jwt_audience, issuer=s.jwt_issuer,
-                              leeway=s.jwt_leeway, options={"require": ["exp"], "verify_aud": s.jwt_audience is not None})
+            for i, key in enumerate(self.keys):  # during a rotation, a token signed by any of them
+                try: return jwt.decode(token, key, algorithms=[self.algorithm], audience=s.jwt_audience,
+                                       issuer=s.jwt_issuer, leeway=s.jwt_leeway,
+                                       options={"require": ["exp"], "verify_aud": s.jwt_audience is not None})
+                except jwt.InvalidSignatureError:
+                    if i == len(self.keys) - 1: raise
         except jwt.PyJWTError as e:
             code, message = next((c, m) for cls, c, m in _JWT_ERRORS if isinstance(e, cls))
             raise _auth_error(code, message or f"The token is not valid: {e}.") from None

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from ..wsgi import json_logger
 
 # %% auto #0
-__all__ = ['ENDPOINTS', 'METHODS', 'Metrics', 'AccessLog', 'Observer', 'Observed']
+__all__ = ['ENDPOINTS', 'METHODS', 'SECURITY_HEADERS', 'Metrics', 'AccessLog', 'Observer', 'Observed']
 
 # %% ../../nbs/07d_api_observe.ipynb #8d68e044
 ENDPOINTS = ("/v1/predict", "/v1/batch", "/v1/health", "/v1/ready", "/v1/model", "/openapi.json", "/docs", "/metrics")
@@ -112,8 +112,13 @@ class Observer:
 
 _RID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
+# On every answer: no MIME sniffing, no framing, no caching of predictions, no active content in /docs.
+SECURITY_HEADERS = [("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Cache-Control", "no-store"),
+                    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+                    ("Referrer-Policy", "no-referrer")]
+
 class Observed:
-    "WSGI middleware: request id, `X-Request-ID` header, timing, metrics and the access log."
+    "WSGI middleware: request id, `X-Request-ID` and security headers, timing, metrics and the access log."
     def __init__(self, wsgi_app, observer: Observer): self.wsgi_app, self.observer = wsgi_app, observer
 
     def __call__(self, environ, start_response):
@@ -125,6 +130,7 @@ class Observed:
         def start(st, headers, exc_info=None):
             status[0] = int(st[:3])
             headers.append(("X-Request-ID", rid))
+            headers.extend(SECURITY_HEADERS)
             return start_response(st, headers, exc_info)
         body = self.wsgi_app(environ, start)
         self.observer.record(environ, status[0], time.perf_counter() - t0)
