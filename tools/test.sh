@@ -31,8 +31,11 @@ if [ -z "$(find tests \( -name "test_*.py" -o -name "*_test.py" \) -print -quit 
   echo "no test files in tests/ yet: nothing for pytest to run" | tee "$log"
 else
   # pytest's exit 5 (no test collected) fails too: test files that hold no test are a mistake.
+  # -rs lists every skipped test with its reason; reports/pytest.xml is the JUnit report CI collects.
+  rm -f reports/image.json
   set +e
-  pytest -q tests --timeout "${PYTEST_TIMEOUT:-300}" -p no:cacheprovider 2>&1 | tee "$log"
+  pytest -q -rs tests --timeout "${PYTEST_TIMEOUT:-300}" -p no:cacheprovider --junitxml reports/pytest.xml \
+    --durations 15 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
   [ "$rc" -eq 0 ] || { echo "pytest failed (exit $rc)"; exit "$rc"; }
@@ -44,3 +47,4 @@ bash tools/docs.sh
 echo; echo "==> all checks passed in ${SECONDS}s"
 echo "notebooks: $nbs_tested passed, 0 failed"
 tail -n 1 "$log"
+if [ -f reports/image.json ]; then echo "serving image (tests/test_image.py):"; cat reports/image.json; fi
