@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import command, print_frame, _check_new_file
-from .errors import UsageError
+from .errors import MlprodError, UsageError
 
 
 # %% auto #0
@@ -133,14 +133,14 @@ def _start_server(run: DemoRun, env: dict):
     while True:
         if server.poll() is not None:
             tail = (Path(run.workdir) / "server.log").read_text()[-800:] if log else "see its log above"
-            raise UsageError(f"the server stopped: {tail}", code="serve_failed")
+            raise MlprodError(f"the server stopped: {tail}", code="serve_failed")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{run.port}/v1/ready", timeout=1) as r:
                 if r.status == 200: return server
         except OSError: pass
         if time.monotonic() - started > 60:
             _stop_server(server)
-            raise UsageError("the server was not ready within 60 s", code="serve_failed")
+            raise MlprodError("the server was not ready within 60 s", code="serve_failed")
         time.sleep(0.1)
 
 def _stop_server(server) -> None:
@@ -167,7 +167,7 @@ def _demo_serve(run: DemoRun) -> DemoRun:
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r: answer = json.loads(r.read())
         print(json.dumps(answer, indent=2))
-        if not answer.get("success"): raise UsageError(f"the server refused the demo record: {answer.get('message')}", code="demo_failed")
+        if not answer.get("success"): raise MlprodError(f"the server refused the demo record: {answer.get('message')}", code="demo_failed")
         if not run.keep_serving:
             print("\nThe server has stopped. `mlprod demo --serve` keeps it running and prints these lines with a token:")
             print("  " + curl_lines(base, "<token>", record)[1])
