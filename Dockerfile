@@ -6,6 +6,7 @@
 #   docker build -t my-model --target baked --build-arg BUNDLE=out/my.bundle .   the bundle baked in
 #
 #   docker run -p 8080:8080 -e MLPROD_BUNDLE=gs://bucket/my.bundle -e MLPROD_JWT_SECRET=... mlprod-api
+#   docker run -p 8080:8080 -e MLPROD_ENV=prod -e MLPROD_CONFIG=/etc/mlprod/mlprod.yaml ... mlprod-api   (Cloud Run)
 #
 # BASE is any image with Python 3.11 and its venv module (Debian's python3-venv); both stages use it.
 # PIP_CERT names a CA bundle mounted during a build behind a TLS proxy; empty (the default) changes nothing.
@@ -41,18 +42,20 @@ COPY --from=build /opt/venv /opt/venv
 # Cloud Run sets PORT and sends SIGTERM, then SIGKILL 10 s later. One worker process per container with
 # threads is Cloud Run's advice (scale by instances); WEB_CONCURRENCY and GUNICORN_THREADS change it.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    PORT=8080 WEB_CONCURRENCY=1 GUNICORN_THREADS=8 MLPROD_BUNDLE=/bundle
+    PORT=8080 WEB_CONCURRENCY=1 GUNICORN_THREADS=8
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v1/health' % os.environ['PORT'], timeout=2)"]
-# Binds every interface on $PORT; `mlprod serve` checks the settings and the bundle before gunicorn starts.
-CMD ["sh", "-c", "exec mlprod serve \"$MLPROD_BUNDLE\" --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\" --threads \"$GUNICORN_THREADS\""]
+# Binds every interface on $PORT. What it serves comes from the environment: MLPROD_BUNDLE (a folder or gs:// URL),
+# or MLPROD_ENV (an environment's live bundle, followed); `mlprod serve` checks settings and bundle before gunicorn.
+CMD ["sh", "-c", "exec mlprod serve --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\" --threads \"$GUNICORN_THREADS\""]
 
 # The bundle baked into the image (no storage access at start): --target baked --build-arg BUNDLE=<folder>.
 FROM api AS baked
 ARG BUNDLE=model.bundle
 COPY --chown=10001:10001 ${BUNDLE} /bundle
+ENV MLPROD_BUNDLE=/bundle
 
 # The default target: the image without a bundle, which reads MLPROD_BUNDLE at start.
 FROM api

@@ -238,7 +238,7 @@ def test_image_is_small_runs_as_a_user_and_checks_its_health(image, podman):
 def test_image_serves_a_mounted_bundle_with_a_token_and_stops_gracefully(image, podman, container, trained_bundle):
     colds = []
     for _ in range(3):  # cold start, three times: this shared 2-core machine is noisy
-        c = container(image, {"MLPROD_JWT_SECRET": SECRET}, [f"{trained_bundle}:/bundle:ro"])
+        c = container(image, {"MLPROD_JWT_SECRET": SECRET, "MLPROD_BUNDLE": "/bundle"}, [f"{trained_bundle}:/bundle:ro"])
         answer, cold = c.first_prediction(a_record(trained_bundle), a_token())
         assert answer["success"] is True and answer["code"] == "ok", answer
         assert answer["model"]["name"] == "penguins" and "label" in answer["prediction"]
@@ -267,7 +267,8 @@ def test_image_reads_a_gs_bundle_from_the_emulator(image, container, trained_bun
 
 @pytest.mark.timeout(2400)
 def test_image_refuses_to_start_without_a_key(image, podman, trained_bundle):
-    r = podman("run", "--rm", "-v", f"{trained_bundle}:/bundle:ro", image, check=False, timeout=60)
+    r = podman("run", "--rm", "-v", f"{trained_bundle}:/bundle:ro", "-e", "MLPROD_BUNDLE=/bundle", image, check=False,
+               timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "missing_key" in r.stderr.splitlines()[-1]
 

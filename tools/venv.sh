@@ -20,8 +20,10 @@ read -r have_stamp have_extras < .venv/.mlprod-installed 2>/dev/null || true
 have_extras="${have_extras:-dev}"  # stamps written before extras were recorded were all dev installs
 if [ "$have_stamp" != "$stamp" ] || { [ "$have_extras" != "$extras" ] && [ "$have_extras" != dev ]; }; then
   echo "==> installing mlprod[$extras] into .venv (constraints.txt)"
-  python -m pip install -q --upgrade "pip>=24"
-  python -m pip install -q -c constraints.txt -e ".[$extras]"
-  python -m pip check
-  echo "$stamp $extras" > .venv/.mlprod-installed
+  # chained, so that a failure stops here (and leaves no stamp) even where the caller did not `set -e`
+  { python -m pip install -q --upgrade "pip>=24" \
+      && python -m pip install -q -c constraints.txt -e ".[$extras]" \
+      && python -m pip check \
+      && echo "$stamp $extras" > .venv/.mlprod-installed; } \
+    || { echo "tools/venv.sh: installing mlprod[$extras] failed" >&2; return 1 2>/dev/null || exit 1; }
 fi
