@@ -25,7 +25,8 @@ COPY settings.ini setup.py README.md constraints.txt ./
 COPY tools/image_venv.py /usr/local/bin/
 RUN python3 -m venv /opt/venv \
     && mkdir mlprod && touch mlprod/__init__.py \
-    && /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --use-pep517 --no-compile -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" gcsfs \
+    && /opt/venv/bin/pip install ${PIP_CERT:+--cert "$PIP_CERT"} --use-pep517 --no-compile -c constraints.txt \
+       ".${EXTRAS:+[$EXTRAS]}" gcsfs \
     && rm -rf mlprod build ./*.egg-info \
     && /opt/venv/bin/python /usr/local/bin/image_venv.py slim /opt/venv
 # 2. mlprod's wheel, as a release would publish it, installed over the placeholder; then the modules a request
@@ -46,10 +47,10 @@ ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
 USER 10001
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v1/health' % os.environ['PORT'], timeout=2)"]
+  CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/v1/health' % os.environ['PORT'])"]
 # Binds every interface on $PORT. What it serves comes from the environment: MLPROD_BUNDLE (a folder or gs:// URL),
 # or MLPROD_ENV (an environment's live bundle, followed); `mlprod serve` checks settings and bundle before gunicorn.
-CMD ["sh", "-c", "exec mlprod serve --host 0.0.0.0 --port \"$PORT\" --workers \"$WEB_CONCURRENCY\" --threads \"$GUNICORN_THREADS\""]
+CMD ["sh", "-c", "exec mlprod serve --host 0.0.0.0 --port $PORT --workers $WEB_CONCURRENCY --threads $GUNICORN_THREADS"]
 
 # The bundle baked into the image (no storage access at start): --target baked --build-arg BUNDLE=<folder>.
 FROM api AS baked

@@ -1,5 +1,5 @@
-"""The main job: `mlprod demo` runs the whole path — data, spec, comparison, bundle, a real server, one request — and
-with `--serve` leaves the server running with a token and a curl line that work when pasted into a shell."""
+"""The main job: `mlprod demo` runs the whole path — data, spec, comparison, bundle, a real server, one request —
+and with `--serve` leaves the server running with a token and a curl line that work when pasted into a shell."""
 import json
 import os
 import signal

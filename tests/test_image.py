@@ -71,7 +71,8 @@ class Podman:
     def __call__(self, *args, check=True, timeout=120, **kw):
         r = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
         if check and r.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+            raise AssertionError(f"podman {' '.join(args)} failed ({r.returncode}):\n"
+                                 f"{r.stdout[-3000:]}{r.stderr[-3000:]}")
         return r
 
     def exists(self, image: str) -> bool:
@@ -238,7 +239,8 @@ def test_image_is_small_runs_as_a_user_and_checks_its_health(image, podman):
 def test_image_serves_a_mounted_bundle_with_a_token_and_stops_gracefully(image, podman, container, trained_bundle):
     colds = []
     for _ in range(3):  # cold start, three times: this shared 2-core machine is noisy
-        c = container(image, {"MLPROD_JWT_SECRET": SECRET, "MLPROD_BUNDLE": "/bundle"}, [f"{trained_bundle}:/bundle:ro"])
+        c = container(image, {"MLPROD_JWT_SECRET": SECRET, "MLPROD_BUNDLE": "/bundle"},
+                      [f"{trained_bundle}:/bundle:ro"])
         answer, cold = c.first_prediction(a_record(trained_bundle), a_token())
         assert answer["success"] is True and answer["code"] == "ok", answer
         assert answer["model"]["name"] == "penguins" and "label" in answer["prediction"]

@@ -54,11 +54,13 @@ def jenkins_lines() -> list:
     "The shell commands of the Jenkinsfile, in file order, with the stage each sits in."
     text = (ROOT / "Jenkinsfile").read_text()
     out, stage = [], None
-    for m in re.finditer(r"stage\('([^']+)'\)|(?:\bsh\s+|script:\s*)'((?:[^'\\]|\\.)*)'", text):
+    pattern = r"stage\('([^']+)'\)|(?:\bsh\s+|script:\s*)(?:'\'\'(.*?)'\'\'|'((?:[^'\\]|\\.)*)')"
+    for m in re.finditer(pattern, text, flags=re.S):
         if m.group(1):
             stage = m.group(1)
-        else:
-            out += [(stage, part) for part in split(m.group(2))]
+        else:  # a Groovy string in single quotes: \\ is one backslash; the shell joins `\` + newline
+            script = (m.group(2) or m.group(3)).replace("\\\\", "\\")
+            out += [(stage, part) for part in split(re.sub(r" *\\\n\s*", " ", script))]
     return out
 
 
@@ -68,7 +70,7 @@ def workflow_lines(name: str) -> list:
     out = []
     for job, spec in doc["jobs"].items():
         for step in spec.get("steps", []):
-            for line in re.sub(r"\\\n\s*", " ", step.get("run", "")).splitlines():
+            for line in re.sub(r" *\\\n\s*", " ", step.get("run", "")).splitlines():
                 out += [(job, part) for part in split(line)]
     return out
 
@@ -110,7 +112,8 @@ def test_jenkins_and_github_run_the_same_model_pipeline():
     jenkins = [c for c in jenkins if '"$ENVIRONMENT"' not in c]
     assert jenkins == github, (jenkins, github)
     assert jenkins[0].startswith("mlprod train ") and "mlprod deploy \"$MODEL_BUNDLE\" --env dev" in jenkins
-    assert jenkins.index("mlprod promote --from dev --to staging") < jenkins.index("mlprod promote --from staging --to prod")
+    promotions = [jenkins.index(f"mlprod promote --from {a} --to {b}") for a, b in (("dev", "staging"), ("staging", "prod"))]
+    assert promotions == sorted(promotions)
     assert jenkins[-1] == "mlprod rollback --env prod"
 
 
@@ -212,3 +215,112 @@ def test_release_workflow_builds_the_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "mlprod/jobs/train.ipynb" in names and "mlprod/api.py" in names or "mlprod/api/__init__.py" in names
     assert not any(n.startswith(("tests/", "nbs/")) for n in names)
+
+
+# ------------------------------------------------------------------------------ the model pipeline, end to end
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    "A real `mlprod serve --env NAME` on loopback: the stand-in of that environment's Cloud Run service."
+    def __init__(self, name: str, env: dict, log: Path):
+        self.name, self.port = name, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full = {**{k: v for k, v in os.environ.items() if not k.startswith("MLPROD_")}, **env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "mlprod.cli", "serve", "--env", name, "--port",
+                                      str(self.port)], env=full, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
+                                     start_new_session=True)
+        self.log = log
+
+    def version(self, token: str) -> str | None:
+        r = requests.get(f"{self.url}/v1/model", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        return r.json().get("model", {}).get("version") if r.status_code == 200 else None
+
+    def wait(self, timeout: float = 90):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if requests.get(f"{self.url}/v1/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} API not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def environments(tmp_path, gcs):
+    """dev, staging and prod: stores in buckets of the GCS emulator, the trusted public key in the config (as the
+    pipelines' `mlprod-config` credential holds it), the private key apart (their `mlprod-signing-key`)."""
+    r = run_line("mlprod env init --root envs --config mlprod.yaml", tmp_path, {})
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load((tmp_path / "mlprod.yaml").read_text())
+    key = tmp_path / cfg["signing"].pop("private_key_file")
+    for name, env in cfg["environments"].items():
+        env["store"] = f"gs://{gcs.bucket(f'pipeline-{name}')}"
+    (tmp_path / "mlprod.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    secrets = {name: f"{name}-jwt-secret-of-the-api-at-least-32-bytes" for name in cfg["environments"]}
+    return {"config": str(tmp_path / "mlprod.yaml"), "key": str(key), "secrets": secrets}
+
+
+@pytest.mark.timeout(900)
+def test_model_pipeline_runs_as_written_against_stand_ins(tmp_path, environments, trained_bundle):
+    """The model pipeline's commands, in the Jenkinsfile's order (deploy.yml has the same ones), each run with `sh -c`
+    as Jenkins runs it: train, sign, deploy to dev, card, check the dev API, promote to staging and check, promote to
+    prod and check; then the rollback line of a failed production check."""
+    from mlprod.api import make_token, settings_from_env
+    work = tmp_path / "workspace"
+    work.mkdir()
+    (work / "tools").symlink_to(ROOT / "tools")  # the checkout's scripts, where the lines name them
+    base = {"MLPROD_CONFIG": environments["config"], "MLPROD_SIGNING_KEY_FILE": environments["key"],
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "VERIFY_INTERVAL": "1"}
+    # An earlier version is live everywhere, so that there is something to replace and to roll back to.
+    for line in (f"mlprod sign {trained_bundle}", f"mlprod deploy {trained_bundle} --env dev",
+                 "mlprod promote --from dev --to staging", "mlprod promote --from staging --to prod"):
+        r = run_line(line, work, base)
+        assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
+    previous = json.loads((trained_bundle / "manifest.json").read_text())["version"]
+    apis = {name: Api(name, {**base, "MLPROD_JWT_SECRET": secret, "MLPROD_RELOAD_INTERVAL": "1"},
+                      tmp_path / f"api-{name}.log") for name, secret in environments["secrets"].items()}
+    tokens = {name: make_token(settings_from_env({"MLPROD_JWT_SECRET": s}), sub="test", ttl=900)
+              for name, s in environments["secrets"].items()}
+    try:
+        for api in apis.values():
+            api.wait()
+        stage_env = {"Train": "dev", "Sign": "dev", "Deploy to dev": "dev", "Promote to staging": "staging",
+                     "Promote to prod": "prod"}
+        steps = [(s, c) for s, c in jenkins_lines() if kind(c) == "model pipeline" and '"$ENVIRONMENT"' not in c]
+        assert [s for s, _ in steps][0] == "Train"
+        for stage, command in steps:
+            name = stage_env[stage]
+            env = {**base, "DATA": "example:penguins", "TARGET": "", "TIME_BUDGET": "8",
+                   "MODEL_BUNDLE": "runs/model.bundle", "MLPROD_JWT_SECRET": environments["secrets"][name],
+                   "API_URL": apis[name].url}
+            if command == "mlprod rollback --env prod":
+                new = apis["prod"].version(tokens["prod"])
+                assert new != previous  # the pipeline put the new version live in prod
+            r = run_line(command, work, env)
+            assert r.returncode == 0, (stage, command, r.stdout[-2000:], r.stderr[-3000:])
+        assert (work / "runs" / "card.html").read_text().count("data:image/png") >= 2
+        # after the rollback line, prod's API serves the earlier version again (at its next pointer check)
+        end = time.monotonic() + 30
+        while apis["prod"].version(tokens["prod"]) != previous and time.monotonic() < end:
+            time.sleep(0.5)
+        assert apis["prod"].version(tokens["prod"]) == previous
+        assert apis["staging"].version(tokens["staging"]) == new  # staging keeps the new one
+        history = run_line("mlprod history --env prod --json", work, base)
+        moves = [json.loads(line)["action"] for line in history.stdout.splitlines()]
+        assert moves[-3:] == ["promote", "promote", "rollback"], moves
+    finally:
+        for api in apis.values():
+            api.stop()

@@ -1,5 +1,5 @@
-"""The files that ship mlprod — Dockerfile, service.yaml, the GitHub workflows, the Jenkinsfile — checked by the linters
-that run offline, and held to what they promise (the commands they call are run by tests/test_pipelines.py)."""
+"""The files that ship mlprod — Dockerfile, service.yaml, the GitHub workflows, the Jenkinsfile — checked by the
+linters that run offline, and held to what they promise (the commands they call are run by tests/test_pipelines.py)."""
 import os
 import re
 import shutil
@@ -46,7 +46,7 @@ def test_dockerfile_shape():
     assert "ARG BASE=python:3.11-slim" in text and text.count("FROM ${BASE}") == 2  # multi-stage, one base
     assert "AS build" in text and "pip wheel" in text and "COPY --from=build /opt/venv /opt/venv" in text
     assert "USER 10001" in text and "HEALTHCHECK" in text and "/v1/health" in text
-    assert '--host 0.0.0.0 --port \\"$PORT\\"' in text and "GUNICORN_THREADS" in text and "WEB_CONCURRENCY" in text
+    assert "--host 0.0.0.0 --port $PORT" in text and "GUNICORN_THREADS" in text and "WEB_CONCURRENCY" in text
     assert "tensorflow" not in text.lower().replace("tensorflow (keras models)", "")  # only through EXTRAS=tf
     assert "ARG PIP_CERT=" in text  # empty by default: a normal build elsewhere ignores it
     ignored = (ROOT / ".dockerignore").read_text().split()
@@ -155,7 +155,8 @@ def test_service_yaml_declares_what_the_deploy_line_sets():
     c = spec["containers"][0]
     assert c["image"] == line["--image"] and str(c["ports"][0]["containerPort"]) == line["--port"]
     assert spec["serviceAccountName"] == line["--service-account"]
-    assert str(spec["containerConcurrency"]) == line["--concurrency"] and str(spec["timeoutSeconds"]) == line["--timeout"]
+    assert str(spec["containerConcurrency"]) == line["--concurrency"]
+    assert str(spec["timeoutSeconds"]) == line["--timeout"]
     assert c["resources"]["limits"]["memory"] == line["--memory"] and c["resources"]["limits"]["cpu"] == line["--cpu"]
     plain = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     assert plain == dict(kv.split("=", 1) for kv in line["--set-env-vars"].split(","))

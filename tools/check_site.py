@@ -27,7 +27,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 INSPECT = """(async () => {
   const imgs = [...document.images];
   imgs.forEach(i => { i.loading = 'eager'; });
-  await Promise.all(imgs.map(i => i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; setTimeout(r, 10000); })));
+  await Promise.all(imgs.map(i => i.complete ? 0
+    : new Promise(r => { i.onload = i.onerror = r; setTimeout(r, 10000); })));
   return {
     images: imgs.map(i => ({src: i.currentSrc || i.src, width: i.naturalWidth, height: i.naturalHeight})),
     links: [...document.querySelectorAll('a[href]')].map(a => a.href),

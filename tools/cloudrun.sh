@@ -25,7 +25,8 @@ case "$action" in
          --labels "app=mlprod,env=$env" --quiet) ;;
   url)
     [ $# -eq 2 ] || usage
-    cmd=(gcloud run services describe "$service" --project "$PROJECT" --region "$REGION" --format "value(status.url)") ;;
+    cmd=(gcloud run services describe "$service" --project "$PROJECT" --region "$REGION"
+         --format "value(status.url)") ;;
   *) usage ;;
 esac
 if [ "${DRY_RUN:-0}" = 1 ]; then printf '%s\n' "${cmd[@]}"; else exec "${cmd[@]}"; fi

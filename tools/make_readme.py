@@ -53,7 +53,8 @@ def execute():
     import subprocess
     from nbclient import NotebookClient
     nb = nbformat.read(SOURCE, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(SOURCE.parent)}}).execute()
+    resources = {"metadata": {"path": str(SOURCE.parent)}}
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources).execute()
     nbformat.write(nb, SOURCE)
     subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", str(SOURCE)], check=True)
 

@@ -10,6 +10,9 @@ env=$1 url=$2 deadline=$((SECONDS + ${3:-5} * 60))
 until mlprod verify --env "$env" --url "$url"; do
   status=$?
   [ "$status" -eq 4 ] || [ "$status" -eq 1 ] || exit "$status"  # a usage or config error will not heal by waiting
-  [ $SECONDS -lt $deadline ] || { echo "verify_live: $url did not serve $env's live bundle in time" >&2; exit "$status"; }
+  if [ $SECONDS -ge $deadline ]; then
+    echo "verify_live: $url did not serve $env's live bundle in time" >&2
+    exit "$status"
+  fi
   sleep "${VERIFY_INTERVAL:-10}"
 done
