@@ -59,7 +59,8 @@ def _demo_spec(run: DemoRun) -> DemoRun:
 def _demo_split(run: DemoRun) -> DemoRun:
     from mlprod.data import split_frame
     run.split = split_frame(run.data.frame, run.data.target, run.data.task)
-    print(", ".join(f"{k} {v:,} rows" for k, v in run.split.sizes.items()) + (f" ({run.split.note})" if run.split.note else ""))
+    sizes = ", ".join(f"{k} {v:,} rows" for k, v in run.split.sizes.items())
+    print(sizes + (f" ({run.split.note})" if run.split.note else ""))
     return run
 
 def _demo_transform(run: DemoRun) -> DemoRun:
@@ -151,7 +152,7 @@ def _stop_server(server) -> None:
 
 # %% ../nbs/09f_cli_demo.ipynb #96e9418c
 def _demo_serve(run: DemoRun) -> DemoRun:
-    "Serve the bundle on loopback, send it one test record with a token, show the answer; stop, or keep it with --serve."
+    "Serve the bundle on loopback, send it a test record with a token, show the answer; stop, or keep it (--serve)."
     import os, secrets, urllib.request
     from mlprod.api import make_token, settings_from_env
     from mlprod.bundle import frame_records, load_bundle
@@ -167,9 +168,11 @@ def _demo_serve(run: DemoRun) -> DemoRun:
                                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as r: answer = json.loads(r.read())
         print(json.dumps(answer, indent=2))
-        if not answer.get("success"): raise MlprodError(f"the server refused the demo record: {answer.get('message')}", code="demo_failed")
+        if not answer.get("success"):
+            raise MlprodError(f"the server refused the demo record: {answer.get('message')}", code="demo_failed")
         if not run.keep_serving:
-            print("\nThe server has stopped. `mlprod demo --serve` keeps it running and prints these lines with a token:")
+            print("\nThe server has stopped. `mlprod demo --serve` keeps it running and prints these lines "
+                  "with a token:")
             print("  " + curl_lines(base, "<token>", record)[1])
             return run
         print(f"\nThe API keeps running on {base}. From another terminal:\n")
@@ -189,21 +192,23 @@ DEMO_STEPS = [("data", _demo_data), ("spec", _demo_spec), ("split", _demo_split)
 @command("demo")
 def _add_demo(sub):
     p = sub.add_parser("demo", help="run the end-to-end demo on an example dataset",
-                       description="Load an example dataset, infer its spec, prepare it, compare models, write the bundle, "
-                                   "serve it on loopback and answer one request with a token. With --serve the server "
-                                   "keeps running and the demo prints a token and a curl line to call it.")
+                       description="Load an example dataset, infer its spec, prepare it, compare models, write the "
+                                   "bundle, serve it on loopback and answer one request with a token. With --serve the "
+                                   "server keeps running and the demo prints a token and a curl line to call it.")
     p.add_argument("--example", choices=["city_trips", "flights", "penguins"], default="city_trips",
                    help="city_trips is generated; flights and penguins ship with PyPI packages (default: city_trips)")
     p.add_argument("--rows", type=int, default=5_000, metavar="N", help="at most N rows (default: 5000)")
     p.add_argument("-o", "--output", metavar="DIR", help="write the data, spec, lookup tables and bundle into DIR "
                                                          "(default: a temporary folder, removed at the end)")
     p.add_argument("--force", action="store_true", help="overwrite files in DIR")
-    p.add_argument("--time-budget", type=float, default=30.0, metavar="S", help="seconds for the model comparison (default: 30)")
+    p.add_argument("--time-budget", type=float, default=30.0, metavar="S",
+                   help="seconds for the model comparison (default: 30)")
     p.add_argument("--until", choices=[name for name, _ in DEMO_STEPS], default="serve",
                    help="stop after this step (default: serve, the whole path)")
     p.add_argument("--serve", action="store_true", help="leave the server running (until Ctrl-C) and print a token "
                                                         "and a curl line to call it")
-    p.add_argument("--port", type=int, default=None, metavar="N", help="the server's port (default: 8080 if free, else any; 0: any)")
+    p.add_argument("--port", type=int, default=None, metavar="N",
+                   help="the server's port (default: 8080 if free, else any; 0: any)")
     p.set_defaults(handler=demo)
 
 @contextmanager
@@ -219,7 +224,8 @@ def _sigterm_as_interrupt():
 def demo(args) -> int:
     "`mlprod demo`: run `DEMO_STEPS` in order, each under a heading, in a temporary folder removed at the end."
     if args.serve and args.until != "serve": raise UsageError("--serve needs the whole path: drop --until.")
-    run = DemoRun(args.example, args.rows, args.output, args.force, time_budget=args.time_budget, keep_serving=args.serve)
+    run = DemoRun(args.example, args.rows, args.output, args.force, time_budget=args.time_budget,
+                  keep_serving=args.serve)
     names = [name for name, _ in DEMO_STEPS]
     steps = [(name, step) for name, step in DEMO_STEPS
              if names.index(name) <= names.index(args.until) and (name != "write" or run.out)]
