@@ -164,17 +164,18 @@ class Container:
         podman(*args, image)
 
     def first_prediction(self, record: dict, token: str, timeout: float = 60) -> tuple:
-        "Post `record` until the server answers; (the envelope, seconds since the container was started)."
+        "Post `record` until the model answers; (the envelope, seconds since the container was started)."
         end = self.t0 + timeout
         while time.monotonic() < end:
             try:
                 r = requests.post(f"{self.url}/v1/predict", json=record, timeout=2,
                                   headers={"Authorization": f"Bearer {token}"})
-                return r.json(), time.monotonic() - self.t0
+                if r.json().get("code") != "model_not_ready":  # 503 while the model loads
+                    return r.json(), time.monotonic() - self.t0
             except requests.ConnectionError:
                 if self.state() != "running":
                     raise AssertionError(f"the container stopped:\n{self.logs()}")
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise AssertionError(f"no answer within {timeout} s:\n{self.logs()}")
 
     def state(self) -> str:
@@ -206,6 +207,9 @@ def container(podman):
     for c in started:
         c.stop()
     assert not podman("ps", "-a", "--filter", "name=mlprod-test-", "--format", "{{.Names}}").stdout.strip()
+
+
+from test_pipelines import environments  # noqa: E402,F401  (the fixture: stores on the emulator, keys, config)
 
 
 def a_record(bundle_dir) -> dict:
@@ -297,3 +301,35 @@ def test_baked_bundle_needs_no_storage(image, podman, container, trained_bundle,
         for s in podman("ps", "-a", "--filter", f"ancestor={tag}", "--format", "{{.Names}}").stdout.split():
             podman("rm", "-f", s, check=False)
         podman("rmi", "-f", tag, check=False)
+
+
+@pytest.mark.timeout(2400)
+def test_image_follows_an_environment_as_on_cloud_run(image, container, trained_bundle, environments, tmp_path):
+    """Cloud Run's set-up (service.yaml): MLPROD_ENV names the environment, its config is a mounted file (from Secret
+    Manager there) with the trusted key inline, the store is a bucket (the emulator). Then the API pipeline's smoke
+    test, the very line of the Jenkinsfile, passes against the container."""
+    import yaml
+    from test_pipelines import jenkins_lines, run_line
+    base = {"MLPROD_CONFIG": environments["config"], "MLPROD_SIGNING_KEY_FILE": environments["key"]}
+    for line in (f"mlprod sign {trained_bundle}", f"mlprod deploy {trained_bundle} --env dev"):
+        r = run_line(line, tmp_path, base)
+        assert r.returncode == 0, r.stderr[-3000:]
+    cfg = yaml.safe_load(Path(environments["config"]).read_text())
+    pub = Path(environments["config"]).parent / cfg["signing"]["public_key"]
+    cfg["signing"]["public_key"] = pub.read_text()  # inline: the mounted file stands alone
+    mounted = tmp_path / "mlprod.yaml"
+    mounted.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    mounted.chmod(0o644)
+    secret = environments["secrets"]["dev"]
+    c = container(image, {"MLPROD_ENV": "dev", "MLPROD_CONFIG": "/etc/mlprod/mlprod.yaml",
+                          "MLPROD_JWT_SECRET": secret, "STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"],
+                          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}, [f"{mounted}:/etc/mlprod/mlprod.yaml:ro"])
+    from mlprod.api import make_token, settings_from_env
+    token = make_token(settings_from_env({"MLPROD_JWT_SECRET": secret}), sub="image-test", ttl=600)
+    answer, _ = c.first_prediction(a_record(trained_bundle), token)
+    live = json.loads((trained_bundle / "manifest.json").read_text())["version"]
+    assert answer["success"] is True and answer["model"]["version"] == live, answer
+    smoke = next(cmd for stage, cmd in jenkins_lines() if stage == "Smoke test" and "verify_live" in cmd)
+    r = run_line(smoke, ROOT, {**base, "ENVIRONMENT": "dev", "API_URL": c.url, "MLPROD_JWT_SECRET": secret})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"serves {live}" in r.stdout or live in r.stdout
