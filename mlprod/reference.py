@@ -79,10 +79,23 @@ def command_reference(cmds: list | None = None) -> str:
     return "\n".join(parts)
 
 # %% ../nbs/12_reference.ipynb #151b5455
-OTHER_SETTINGS = {  # variables read outside `mlprod.api.Settings`: name -> (default, meaning)
-    "PORT": ("8080", "the port `mlprod serve` listens on (Cloud Run sets it); `--port` wins"),
-    "WEB_CONCURRENCY": ("1", "gunicorn worker processes of `mlprod serve`; `--workers` wins"),
-    "GUNICORN_THREADS": ("8", "the container image only: threads per worker, passed to `mlprod serve --threads`"),
+OTHER_SETTINGS = {  # variables read outside `mlprod.api.Settings`: name -> (default, meaning, also read from NAME_FILE)
+    "MLPROD_ENV": ("", "the environment whose live bundle the API serves and follows (`mlprod serve --env`; the "
+                       "container on Cloud Run)", False),
+    "MLPROD_CONFIG": ("./mlprod.yaml", "the environments file of `mlprod env`, `deploy`, `promote`, `rollback`, "
+                      "`status`, `history`, `verify` and `serve --env`; `--config` wins", False),
+    "MLPROD_SIGNING_KEY": ("", "PEM private key (or the path of one) that `mlprod sign` and `mlprod deploy` sign "
+                           "bundles with; else the config's `signing.private_key_file`", True),
+    "MLPROD_SIGNING_PUBLIC_KEY": ("", "PEM public key a loaded bundle's signature must verify with; else the "
+                                  "environment's `signing.public_key`", True),
+    "MLPROD_REQUIRE_SIGNED": ("off", "`on` refuses to load a bundle without a valid signature (needs a public key)",
+                              False),
+    "MLPROD_ACTOR": ("user@host", "who the deployment ledger records for `deploy`, `promote` and `rollback`", False),
+    "MLPROD_API_TOKEN": ("", "the bearer token `mlprod verify` sends; else one it signs with the `MLPROD_JWT_*` "
+                         "key settings", False),
+    "PORT": ("8080", "the port `mlprod serve` listens on (Cloud Run sets it); `--port` wins", False),
+    "WEB_CONCURRENCY": ("1", "gunicorn worker processes of `mlprod serve`; `--workers` wins", False),
+    "GUNICORN_THREADS": ("8", "the container image only: threads per worker, passed to `mlprod serve --threads`", False),
 }
 
 @dataclass
@@ -93,17 +106,22 @@ class Setting:
     meaning: str
     secret: bool = False # also read from NAME_FILE, never from a flag
 
+def _shown(default) -> str:
+    return "" if default is None else "on" if default is True else "off" if default is False else str(default)
+
 def settings() -> list:
-    "Every setting: the API's `Settings` fields as `MLPROD_*` variables, then `OTHER_SETTINGS`."
+    "Every setting: the API's `Settings` fields as `MLPROD_*` variables, then those of `OTHER_SETTINGS` not among them."
     from fastcore.docments import docments
-    from mlprod import api
-    docs, secrets = docments(api.Settings, full=True), set(getattr(api, "_SECRETS", ()))
+    from mlprod.api import Settings
+    import mlprod.api as api
+    comments, secrets = docments(Settings, full=True), set(getattr(api, "_SECRETS", ()))
     out = []
-    for f in fields(api.Settings):
-        d = docs.get(f.name, {})
-        default = "" if f.default is None else ("on" if f.default is True else "off" if f.default is False else str(f.default))
-        out.append(Setting(f"MLPROD_{f.name.upper()}", default, d.get("docment") or "", f.name in secrets))
-    return out + [Setting(k, d, m) for k, (d, m) in OTHER_SETTINGS.items()]
+    for f in fields(Settings):
+        meaning = f.metadata.get("help") or comments.get(f.name, {}).get("docment") or ""
+        secret = bool(f.metadata.get("secret")) or f.name in secrets
+        out.append(Setting(f"MLPROD_{f.name.upper()}", "" if secret else _shown(f.default), meaning, secret))
+    known = {s.name for s in out}
+    return out + [Setting(k, d, m, s) for k, (d, m, s) in OTHER_SETTINGS.items() if k not in known]
 
 # %% ../nbs/12_reference.ipynb #d5990d0a
 def settings_table(rows: list | None = None) -> str:
