@@ -17,9 +17,9 @@ from .errors import ENVELOPE_CODES, MlprodError
 
 
 # %% auto #0
-__all__ = ['OTHER_SETTINGS', 'FIELD_CODE_MEANINGS', 'Command', 'commands', 'commands_table', 'command_reference', 'Setting',
-           'settings', 'settings_table', 'variables_in_code', 'field_codes', 'ErrorCode', 'command_codes',
-           'envelope_table', 'field_table', 'command_table']
+__all__ = ['OTHER_SETTINGS', 'FIELD_CODE_MEANINGS', 'EXIT_MEANINGS', 'Command', 'commands', 'commands_table', 'command_reference',
+           'Setting', 'settings', 'settings_table', 'variables_in_code', 'field_codes', 'ErrorCode', 'command_codes',
+           'exit_statuses', 'envelope_table', 'field_table', 'command_table', 'exit_table']
 
 # %% ../nbs/12_reference.ipynb #a287cd55
 @dataclass
@@ -208,6 +208,24 @@ def command_codes() -> list:
     api_only = set(ENVELOPE_CODES) - {"internal_error"}  # answered by the API, in the envelope table
     return sorted((e for e in found.values() if e.code not in api_only), key=lambda e: (e.exit_status, e.code))
 
+# %% ../nbs/12_reference.ipynb #bddb1fa0
+EXIT_MEANINGS = {
+    0: "success",
+    1: "anything else: a store or remote model that failed, a missing extra, a bug",
+    2: "a usage error: a wrong option, a missing setting, a file that would be overwritten without `--force`",
+    3: "input data that cannot be used: an unknown target, an empty file, a single class, an invalid spec",
+    4: "a bundle refused: tampered, unsigned, incomplete, built with other library versions, or failing the gate",
+    5: "a conflict: someone else moved the environment's live pointer first; run the command again",
+    130: "stopped with Ctrl-C",
+}
+
+def exit_statuses() -> list:
+    "Every exit status a command can end with, in order; each one has a phrase in `EXIT_MEANINGS`."
+    found = sorted({0} | {e.exit_status for e in command_codes()})
+    missing = [s for s in found if s not in EXIT_MEANINGS]
+    if missing: raise KeyError(f"exit statuses without a meaning in EXIT_MEANINGS: {missing}")
+    return found
+
 # %% ../nbs/12_reference.ipynb #f357ee04
 def _table(head: tuple, rows) -> str:
     return ("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
@@ -225,3 +243,11 @@ def command_table() -> str:
     "Markdown: the codes a command ends with, their exit status, and an example message."
     return _table(("code", "exit status", "raised as", "example message"),
                   ((f"`{e.code}`", e.exit_status, f"`{e.raised_as}`", e.example) for e in command_codes()))
+
+def exit_table() -> str:
+    "Markdown: every exit status a command ends with, what it means, and the codes that end with it."
+    by_status = {}
+    for e in command_codes(): by_status.setdefault(e.exit_status, []).append(f"`{e.code}`")
+    return _table(("exit status", "meaning", "codes"),
+                  [(0, EXIT_MEANINGS[0], "")] + [(s, EXIT_MEANINGS[s], ", ".join(by_status.get(s, [])))
+                                                  for s in exit_statuses() if s])

@@ -1,7 +1,7 @@
-"""README.md as a newcomer meets it: its install, first-API and curl lines run as written, in a fresh folder.
+"""README.md as a newcomer meets it: its install, first-API, curl and deploy lines run as written, in a fresh folder.
 
-The blocks are read from README.md itself (the `sh` blocks under "Install" and "Your first API"), and each runs in
-bash unchanged, with three declared differences:
+The blocks are read from README.md itself (the `sh` blocks under "Install", "Your first API" and "Deploying through
+environments"), and each runs in bash unchanged, with three declared differences:
 - `git clone URL` cannot reach GitHub here: the working tree's files (tracked and untracked, not ignored) are copied
   to the folder the clone would make, so the test sees uncommitted changes too;
 - the fresh `.venv` the README creates sees this test run's installed packages through `PYTHONPATH`, so its
@@ -59,6 +59,15 @@ def test_readme_lists_every_command_and_no_unpublished_install():
     extras = {k[: -len("_requirements")] for k in cfg["DEFAULT"] if k.endswith("_requirements")} | {"dev", "all"}
     named = set(re.findall(r"^\| `(\w+)` \|", README, flags=re.M))
     assert named and named <= extras, named - extras
+
+
+def test_readme_links_point_into_the_repository():
+    "Every relative link of README.md names a file of the repository; no link leaves it but to the web."
+    links = re.findall(r"\]\(([^)#\s]+)", README)
+    assert links
+    local = [u for u in links if not re.match(r"https?://", u)]
+    assert all((ROOT / u).is_file() for u in local), [u for u in local if not (ROOT / u).is_file()]
+    assert not re.search(r"INTERFACES\.md|TOOLCHAIN\.md|DESIGN\.md|/work/", README)
 
 
 def test_readme_first_serve_settings_are_the_ones_serve_needs():
@@ -127,3 +136,11 @@ def test_readme_install_and_first_api_run_as_written(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+    # the deploy lines, in the same folder, on the bundle trained above
+    (deploy,) = blocks["Deploying through environments"]
+    r = bash(venv + deploy, fresh)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    version = json.loads((fresh / "penguins.bundle" / "manifest.json").read_text())["version"]
+    assert f"{version} is live in dev" in r.stdout and f"{version} is live in staging" in r.stdout, r.stdout
+    assert (fresh / "mlprod.yaml").exists() and (fresh / "environments" / "staging" / "ledger.jsonl").exists()
