@@ -109,11 +109,12 @@ class Setting:
 def _shown(default) -> str:
     return "" if default is None else "on" if default is True else "off" if default is False else str(default)
 
-def settings() -> list:
+def settings(cls=None # the settings dataclass; default `mlprod.api.Settings`
+            ) -> list:
     "Every setting: the API's `Settings` fields as `MLPROD_*` variables, then those of `OTHER_SETTINGS` not among them."
     from fastcore.docments import docments
-    from mlprod.api import Settings
     import mlprod.api as api
+    Settings = cls or api.Settings
     comments, secrets = docments(Settings, full=True), set(getattr(api, "_SECRETS", ()))
     out = []
     for f in fields(Settings):
