@@ -36,7 +36,8 @@ def _options(p: argparse.ArgumentParser) -> list:
     rows = []
     for a in p._actions:
         if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) or a.help == argparse.SUPPRESS: continue
-        flags = ", ".join(a.option_strings) + (f" {a.metavar or a.dest.upper()}" if a.option_strings and a.nargs != 0 else "")
+        takes_value = a.option_strings and a.nargs != 0
+        flags = ", ".join(a.option_strings) + (f" {a.metavar or a.dest.upper()}" if takes_value else "")
         flags = flags or (a.metavar or a.dest).upper()
         default = None if a.default in (None, False, argparse.SUPPRESS) or not a.option_strings else a.default
         text = fmt._expand_help(a) if a.help else ""
@@ -73,13 +74,15 @@ def command_reference(cmds: list | None = None) -> str:
     "Markdown: a section per command with its description, usage and options."
     parts = []
     for c in (cmds if cmds is not None else commands()):
-        opts = "\n".join(f"| `{_cell(f)}` | {'' if d is None else f'`{_cell(d)}`'} | {_cell(h)} |" for f, d, h in c.options)
+        opts = "\n".join(f"| `{_cell(f)}` | {'' if d is None else f'`{_cell(d)}`'} | {_cell(h)} |"
+                         for f, d, h in c.options)
         table = "| argument | default | meaning |\n|---|---|---|\n" + opts + "\n" if opts else ""
         parts.append(f"### `mlprod {c.name}`\n\n{c.description or c.help}\n\n```text\n{c.usage}\n```\n\n{table}")
     return "\n".join(parts)
 
 # %% ../nbs/12_reference.ipynb #151b5455
-OTHER_SETTINGS = {  # variables read outside `mlprod.api.Settings`: name -> (default, meaning, also read from NAME_FILE)
+# variables read outside `mlprod.api.Settings`: name -> (default, meaning, also read from NAME_FILE)
+OTHER_SETTINGS = {
     "MLPROD_ENV": ("", "the environment whose live bundle the API serves and follows (`mlprod serve --env`; the "
                        "container on Cloud Run)", False),
     "MLPROD_CONFIG": ("./mlprod.yaml", "the environments file of `mlprod env`, `deploy`, `promote`, `rollback`, "
@@ -95,7 +98,8 @@ OTHER_SETTINGS = {  # variables read outside `mlprod.api.Settings`: name -> (def
                          "key settings", False),
     "PORT": ("8080", "the port `mlprod serve` listens on (Cloud Run sets it); `--port` wins", False),
     "WEB_CONCURRENCY": ("1", "gunicorn worker processes of `mlprod serve`; `--workers` wins", False),
-    "GUNICORN_THREADS": ("8", "the container image only: threads per worker, passed to `mlprod serve --threads`", False),
+    "GUNICORN_THREADS": ("8", "the container image only: threads per worker, passed to `mlprod serve --threads`",
+                         False),
 }
 
 @dataclass
@@ -111,7 +115,7 @@ def _shown(default) -> str:
 
 def settings(cls=None # the settings dataclass; default `mlprod.api.Settings`
             ) -> list:
-    "Every setting: the API's `Settings` fields as `MLPROD_*` variables, then those of `OTHER_SETTINGS` not among them."
+    "Every setting: the API's `Settings` fields as `MLPROD_*` variables, then the rest of `OTHER_SETTINGS`."
     from fastcore.docments import docments
     import mlprod.api as api
     Settings = cls or api.Settings
@@ -234,7 +238,8 @@ def _table(head: tuple, rows) -> str:
 
 def envelope_table() -> str:
     "Markdown: the API's envelope codes with their HTTP status."
-    return _table(("code", "HTTP", "meaning"), ((f"`{c.code}`", c.http_status, c.meaning) for c in ENVELOPE_CODES.values()))
+    return _table(("code", "HTTP", "meaning"),
+                  ((f"`{c.code}`", c.http_status, c.meaning) for c in ENVELOPE_CODES.values()))
 
 def field_table() -> str:
     "Markdown: the per-field validation codes."
