@@ -304,7 +304,8 @@ def test_baked_bundle_needs_no_storage(image, podman, container, trained_bundle,
 
 
 @pytest.mark.skipif(not __import__("test_pipelines").serve_follows_environments(),
-                    reason="`mlprod serve --env` (the API following an environment's live bundle) is not in this build")
+                    reason="`mlprod serve --env` (the API following an environment's live bundle) is not in this "
+                           "build")
 @pytest.mark.timeout(2400)
 def test_image_follows_an_environment_as_on_cloud_run(image, container, trained_bundle, environments, tmp_path):
     """Cloud Run's set-up (service.yaml): MLPROD_ENV names the environment, its config is a mounted file (from Secret

@@ -112,7 +112,8 @@ def test_jenkins_and_github_run_the_same_model_pipeline():
     jenkins = [c for c in jenkins if '"$ENVIRONMENT"' not in c]
     assert jenkins == github, (jenkins, github)
     assert jenkins[0].startswith("mlprod train ") and "mlprod deploy \"$MODEL_BUNDLE\" --env dev" in jenkins
-    promotions = [jenkins.index(f"mlprod promote --from {a} --to {b}") for a, b in (("dev", "staging"), ("staging", "prod"))]
+    promotions = [jenkins.index(f"mlprod promote --from {a} --to {b}")
+                  for a, b in (("dev", "staging"), ("staging", "prod"))]
     assert promotions == sorted(promotions)
     assert jenkins[-1] == "mlprod rollback --env prod"
 
