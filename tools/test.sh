@@ -22,6 +22,13 @@ python tools/make_readme.py --check
 # nbs/jobs/ holds papermill job notebooks: they need parameters and are run by the tests.
 step "nbdev_test (slow cells included)"
 nbdev_test --flags slow --skip_folder_re '^([_.]|jobs$)' --timing
+# Say which flagged cells did not run, and why, instead of passing over them in silence.
+for flag in $(sed -n 's/^tst_flags *= *//p' settings.ini); do
+  [ "$flag" = slow ] && continue
+  why="they need what the flag names (a local Spark with Java 17 for 'spark')"
+  [ -f "tests/test_$flag.py" ] && why="$why; tests/test_$flag.py covers it, or says why it skips"
+  echo "nbdev_test: cells flagged '#| $flag' were not run ($why); run them with: nbdev_test --flags '$flag'"
+done
 nbs_tested=$(python -c "from nbdev.doclinks import nbglob; print(len(nbglob(skip_folder_re='^([_.]|jobs$)')))")
 
 step "pytest"
