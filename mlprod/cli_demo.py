@@ -212,14 +212,15 @@ def _add_demo(sub):
     p.set_defaults(handler=demo)
 
 @contextmanager
-def _sigterm_as_interrupt():
-    "While inside, SIGTERM raises KeyboardInterrupt (as Ctrl-C does), so that `finally` and `with` blocks run."
+def _signals_as_interrupt():
+    """While inside, SIGTERM and SIGINT raise KeyboardInterrupt, so that `finally` and `with` blocks run. SIGINT too:
+    a shell starts a background job (`cmd &`) with Ctrl-C ignored, and Python then leaves it ignored."""
     def interrupt(signum, frame): raise KeyboardInterrupt
-    try: previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError: previous = None  # not the main thread: leave signals alone
+    try: previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError: previous = {}  # not the main thread: leave signals alone
     try: yield
     finally:
-        if previous is not None: signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items(): signal.signal(s, handler)
 
 def demo(args) -> int:
     "`mlprod demo`: run `DEMO_STEPS` in order, each under a heading, in a temporary folder removed at the end."
@@ -232,7 +233,7 @@ def demo(args) -> int:
     if args.until == "serve":  # a port in use fails now, not after training
         run.port = _free_port(8080 if args.port is None else args.port)
         if args.port and run.port != args.port: raise UsageError(f"port {args.port} is in use.", code="port_in_use")
-    with _sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="mlprod-demo-") as tmp:
+    with _signals_as_interrupt(), tempfile.TemporaryDirectory(prefix="mlprod-demo-") as tmp:
         run.workdir = tmp
         for i, (name, step) in enumerate(steps, 1):
             print(f"\n== {i}/{len(steps)} {name} ==")
