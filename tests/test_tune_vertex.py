@@ -45,8 +45,7 @@ class TrialRunner:
     Each GET of an unfinished job asks `job_outcome`: the first starts the trials and answers RUNNING; later ones
     answer RUNNING with the trials finished so far, then SUCCEEDED with all of them (or what `fail` says)."""
 
-    def __init__(self, fail: dict | None = None, infeasible: bool = False):
-        self.fail, self.infeasible = fail, infeasible
+    def __init__(self):
         self.jobs: dict = {}  # job name -> {"thread", "trials", "done"}
         self.states: list = []  # (job name, state answered)
         self.runs: list = []  # (args, model dir, stdout, stderr) of every trial run
@@ -63,7 +62,6 @@ class TrialRunner:
             out = {"state": "JOB_STATE_RUNNING", "trials": list(j["trials"])}
             if j["done"]:
                 out = {"state": "JOB_STATE_SUCCEEDED", "trials": list(j["trials"]), "endTime": "2026-01-01T00:10:00Z"}
-                if self.fail: out.update(self.fail)
         self.states.append((name, out["state"]))
         return out
 
@@ -104,7 +102,7 @@ class TrialRunner:
         self.runs.append((pool["args"] + flags, model_dir, p.stdout, p.stderr))
         trial = {"id": tid, "parameters": [{"parameterId": k, "value": v} for k, v in values],
                  "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:07Z"}
-        if p.returncode != 0 or (self.infeasible and tid == "2"):
+        if p.returncode != 0:
             return dict(trial, state="INFEASIBLE", infeasibleReason=(p.stderr.strip().splitlines() or ["failed"])[-1])
         metric = job["studySpec"]["metrics"][0]["metricId"] if job else None
         last = json.loads(Path(f"{work}/output.metrics").read_text().strip().splitlines()[-1])
@@ -144,29 +142,44 @@ def settings(vertex, gcs, **kw):
                           api_endpoint=vertex.url, poll_seconds=0.2, **kw)
 
 
-class Lines:
-    "A progress stand-in that keeps what it was told."
-    def __init__(self): self.lines = []
-    def note(self, text): self.lines.append(text)
-    def step(self, text): self.lines.append(text)
-
-
 def posted(vertex, collection: str) -> dict:
     return [b for m, p, b in vertex.calls if m == "POST" and p.endswith(f"/{collection}")][-1]
 
 
-def test_tuning_job_on_the_wire(vertex, gcs, runner, city):
+def test_one_yaml_tunes_locally_and_on_vertex_on_the_wire(vertex, gcs, runner, city, tmp_path, monkeypatch):
+    "`mlprod tune` with the same file on both backends; the Vertex AI job checked on the wire, state by state."
     from google.cloud import aiplatform_v1 as v1
-    from mlprod.tune_config import parse_tuning_config
-    from mlprod.tune_vertex import tune_vertex
+    from mlprod.bundle import load_bundle, compare_expected
+    from mlprod.cli import capture
     from mlprod.tune_trial import load_trial_model, prepare_trials, run_trial
-    frame, spec = city
-    cfg = parse_tuning_config(yaml.safe_load(CONFIG))
-    lines = Lines()
-    run = tune_vertex(frame, spec, cfg, "gbm", settings(vertex, gcs), seed=0, name="city", progress=lines)
+    frame, _ = city
+    frame.to_csv(tmp_path / "trips.csv", index=False)
+    (tmp_path / "hptuning_config.yaml").write_text(CONFIG)
+    monkeypatch.setenv("MLPROD_VERTEX_ENDPOINT", vertex.url)
+    monkeypatch.setenv("MLPROD_VERTEX_POLL", "0.2")
+    common = [tmp_path / "trips.csv", "--target", "duration_min", "--config", tmp_path / "hptuning_config.yaml"]
+    status, out, err = capture("tune", *common, "-o", tmp_path / "local.bundle")
+    assert status == 0, err
+    status, out, err = capture("tune", *common, "--spec", tmp_path / "local.spec.yaml", "--backend", "vertex",
+                               "--project", vertex.project, "--region", vertex.location,
+                               "--staging-bucket", f"gs://{gcs.bucket()}/staging", "-o", tmp_path / "vertex.bundle")
+    assert status == 0, err
+    bundles = {b: load_bundle(tmp_path / f"{b}.bundle") for b in ("local", "vertex")}
+    for backend, b in bundles.items():
+        m = b.metrics
+        assert (m["winner"], m["tuning"]["backend"], m["tuning"]["trials"]) == ("gbm", backend, 3)
+        lb = pd.DataFrame(m["leaderboard"])
+        assert list(lb.columns) == ["trial", "state", "learning_rate", "max_leaf_nodes", "l2_regularization", "loss", "rmse", "seconds"]
+        assert m["eval"]["rmse"] == pytest.approx(lb.rmse.min(), rel=1e-12)
+        replay = compare_expected(b, "record")
+        assert replay["rows"] > 50 and replay["max_rel_diff"] < 1e-9
+    assert bundles["local"].spec.to_yaml() == bundles["vertex"].spec.to_yaml()
+    job = bundles["vertex"].metrics["tuning"]["where"]
+    spec = bundles["vertex"].spec
 
     # the request, as the SDK put it on the wire (enums as integers, int64 as strings)
     body = posted(vertex, "hyperparameterTuningJobs")
+    staged = body["trialJobSpec"]["baseOutputDirectory"]["outputUriPrefix"].rsplit("/", 1)[0]
     study = body["studySpec"]
     metric = study["metrics"][0]
     assert metric["metricId"] == "rmse" and v1.StudySpec.MetricSpec.GoalType(metric["goal"]).name == "MINIMIZE"
@@ -183,34 +196,35 @@ def test_tuning_job_on_the_wire(vertex, gcs, runner, city):
     pool = body["trialJobSpec"]["workerPoolSpecs"][0]
     assert pool["machineSpec"]["machineType"] == "n1-standard-4" and pool["replicaCount"] == "1"
     pkg = pool["pythonPackageSpec"]
-    assert pkg["pythonModule"] == "mlprod.task" and pkg["packageUris"][0].startswith(run.staged.root)
+    assert pkg["pythonModule"] == "mlprod.task" and pkg["packageUris"][0].startswith(staged + "/mlprod-")
     assert pkg["packageUris"][0].endswith(".tar.gz") and gcs.fs().exists(pkg["packageUris"][0])
     args = pkg["args"]
-    assert args[args.index("--data") + 1] == run.staged.data and args[args.index("--model") + 1] == "gbm"
-    assert args[args.index("--spec") + 1] == run.staged.spec and args[args.index("--metric") + 1] == "rmse"
-    assert body["trialJobSpec"]["baseOutputDirectory"]["outputUriPrefix"] == run.staged.output
+    assert args[args.index("--data") + 1] == f"{staged}/data.parquet" and args[args.index("--model") + 1] == "gbm"
+    assert args[args.index("--spec") + 1] == f"{staged}/spec.yaml" and args[args.index("--metric") + 1] == "rmse"
+    assert gcs.fs().exists(f"{staged}/data.parquet") and gcs.fs().exists(f"{staged}/spec.yaml")
 
     # the job went through its states, each shown, and every trial ran from the package and reported its metric
-    states = [s for name, s in runner.states if name == run.job]
+    states = [s for name, s in runner.states if name == job]
     assert states[0] == "JOB_STATE_RUNNING" and states[-1] == "JOB_STATE_SUCCEEDED", states
-    assert any("JOB_STATE_RUNNING" in line for line in lines.lines) and any("JOB_STATE_SUCCEEDED" in line for line in lines.lines)
-    assert run.job.startswith(f"projects/{vertex.project}/locations/{vertex.location}/hyperparameterTuningJobs/")
+    assert f"{job}: JOB_STATE_RUNNING" in err and f"{job}: JOB_STATE_SUCCEEDED, 3/3 trials done" in err, err
+    assert job.startswith(f"projects/{vertex.project}/locations/{vertex.location}/hyperparameterTuningJobs/")
     assert len(runner.runs) == 3 and runner.code_paths[0].startswith(tempfile.gettempdir()), runner.code_paths
     reported = sorted(json.loads(r[2].strip().splitlines()[-1])["value"] for r in runner.runs)
-    table = run.results
-    assert list(table.columns) == ["trial", "state", "learning_rate", "max_leaf_nodes", "l2_regularization", "loss", "rmse", "seconds"]
+    table = pd.DataFrame(bundles["vertex"].metrics["leaderboard"])
     assert (table.state == "COMPLETE").all() and sorted(table.rmse) == reported and (table.seconds == 7).all()
     assert table.learning_rate.between(0.02, 0.3).all() and table.max_leaf_nodes.between(4, 32).all()
-    assert run.best_value == table.rmse.min() and run.best_trial == table.loc[table.rmse.idxmin(), "trial"]
+    best_trial = bundles["vertex"].metrics["tuning"]["best_trial"]
+    assert best_trial == table.loc[table.rmse.idxmin(), "trial"]
 
-    # the best trial's model is where Vertex AI's AIP_MODEL_DIR pointed; the package computed the same metric
-    # as the in-process trial with the same parameters
-    best = load_trial_model(run.best_model_dir)
-    assert best.family == "gbm" and best.value == run.best_value
+    # the bundle holds the best trial's model from where Vertex AI's AIP_MODEL_DIR pointed; the package computed
+    # the same metric as the in-process trial with the same parameters
+    best = load_trial_model(f"{staged}/output/{best_trial}/model")
+    assert best.family == "gbm" and best.value == table.rmse.min()
+    assert bundles["vertex"].manifest["model"]["class"] == type(best.estimator).__name__
     row = table.loc[table.rmse.idxmin()]
     again = run_trial(prepare_trials(frame, spec, "rmse", 0), "gbm",
                       {k: row[k] for k in ("learning_rate", "max_leaf_nodes", "l2_regularization", "loss")})
-    assert again.value == pytest.approx(run.best_value, rel=1e-12)
+    assert again.value == best.value
 
 
 @pytest.mark.parametrize("outcome, code, words", [
@@ -240,9 +254,11 @@ def posted_name(vertex) -> str:
 def test_a_failed_trial_is_named_in_the_error(vertex, gcs, city):
     from mlprod.tune_config import parse_tuning_config
     from mlprod.tune_vertex import tune_vertex, VertexJobError
-    runner = TrialRunner(fail={"state": "JOB_STATE_FAILED", "error": {"code": 9, "message": "too many trials failed"}},
-                         infeasible=True)
-    vertex.job_outcome = runner
+    trials = [{"id": "1", "state": "SUCCEEDED", "parameters": [{"parameterId": "learning_rate", "value": 0.1}],
+               "finalMeasurement": {"metrics": [{"metricId": "rmse", "value": 3.2}]}},
+              {"id": "2", "state": "INFEASIBLE", "infeasibleReason": "The replica workerpool0-0 exited with a non-zero status of 1"}]
+    vertex.job_outcome = lambda kind, body: {"state": "JOB_STATE_FAILED", "trials": trials,
+                                             "error": {"code": 9, "message": "too many trials failed"}}
     cfg = parse_tuning_config(yaml.safe_load(CONFIG.replace("maxTrials: 3", "maxTrials: 2")))
     try:
         with pytest.raises(VertexJobError) as e:
@@ -250,7 +266,8 @@ def test_a_failed_trial_is_named_in_the_error(vertex, gcs, city):
     finally:
         vertex.job_outcome = lambda kind, body: {}
     msg = e.value.message
-    assert e.value.code == "vertex_job_failed" and posted_name(vertex) in msg and "trial 2 failed" in msg, msg
+    assert e.value.code == "vertex_job_failed" and posted_name(vertex) in msg, msg
+    assert "too many trials failed; trial 2 failed: The replica workerpool0-0 exited" in msg, msg
 
 
 # Until the environments work lands on main (its tests/conftest.py provides the same session fixture), the stand-in
