@@ -181,7 +181,7 @@ def test_the_job_notebook_tunes_and_keeps_its_results(tmp_path):
     import nbformat
     from mlprod.select import job_path
     from mlprod.tune_config import example_config
-    (tmp_path / "hp.yaml").write_text(example_config("linear", metric="roc_auc", max_trials=3).replace("alpha", "C"))
+    (tmp_path / "hp.yaml").write_text(example_config("linear", metric="roc_auc", max_trials=3).replace("maxParallelTrials: 2", "maxParallelTrials: 1"))
     out = tmp_path / "penguins.bundle"
     pm.execute_notebook(job_path("tune"), str(tmp_path / "executed.ipynb"), kernel_name="python3", progress_bar=False,
                         cwd=str(tmp_path), parameters=dict(data_uri="example:penguins", config_uri=str(tmp_path / "hp.yaml"),
