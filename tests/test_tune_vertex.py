@@ -43,9 +43,10 @@ class TrialRunner:
     """The service's side of a job: runs its trials from the staged package, one subprocess each, in a thread.
 
     Each GET of an unfinished job asks `job_outcome`: the first starts the trials and answers RUNNING; later ones
-    answer RUNNING with the trials finished so far, then SUCCEEDED with all of them (or what `fail` says)."""
+    answer RUNNING with the trials finished so far, then SUCCEEDED with all of them (FAILED if the runner broke)."""
 
     def __init__(self):
+        self.fail = None
         self.jobs: dict = {}  # job name -> {"thread", "trials", "done"}
         self.states: list = []  # (job name, state answered)
         self.runs: list = []  # (args, model dir, stdout, stderr) of every trial run
@@ -62,10 +63,17 @@ class TrialRunner:
             out = {"state": "JOB_STATE_RUNNING", "trials": list(j["trials"])}
             if j["done"]:
                 out = {"state": "JOB_STATE_SUCCEEDED", "trials": list(j["trials"]), "endTime": "2026-01-01T00:10:00Z"}
+                if self.fail: out.update(self.fail)
         self.states.append((name, out["state"]))
         return out
 
     def _run(self, kind: str, job: dict):
+        try: self._trials(kind, job)
+        except Exception as e:  # a bug here must end the job, not leave the client polling
+            self.fail = {"state": "JOB_STATE_FAILED", "error": {"code": 13, "message": f"runner: {type(e).__name__}: {e}"}}
+        self.jobs[job["name"]]["done"] = True
+
+    def _trials(self, kind: str, job: dict):
         spec = (job["trialJobSpec"] if kind == "hyperparameterTuningJobs" else job["jobSpec"])
         pool = spec["workerPoolSpecs"][0]["pythonPackageSpec"]
         code = self._unpack(pool["packageUris"][0])
@@ -78,7 +86,6 @@ class TrialRunner:
                 values = [sample(p, rng) for p in job["studySpec"]["parameters"]]
                 tid = str(i + 1)
                 self.jobs[job["name"]]["trials"].append(self._trial(code, pool, values, f"{out}/{tid}/model", tid, job))
-        self.jobs[job["name"]]["done"] = True
 
     def _unpack(self, uri: str) -> str:
         from google.cloud import storage
@@ -104,7 +111,8 @@ class TrialRunner:
                  "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:07Z"}
         if p.returncode != 0:
             return dict(trial, state="INFEASIBLE", infeasibleReason=(p.stderr.strip().splitlines() or ["failed"])[-1])
-        metric = job["studySpec"]["metrics"][0]["metricId"] if job else None
+        if job is None: return dict(trial, state="SUCCEEDED")  # a CustomJob: no study, no measurement
+        metric = job["studySpec"]["metrics"][0]["metricId"]
         last = json.loads(Path(f"{work}/output.metrics").read_text().strip().splitlines()[-1])
         return dict(trial, state="SUCCEEDED",
                     finalMeasurement={"stepCount": last["global_step"], "metrics": [{"metricId": metric, "value": float(last[metric])}]})
@@ -268,6 +276,36 @@ def test_a_failed_trial_is_named_in_the_error(vertex, gcs, city):
     msg = e.value.message
     assert e.value.code == "vertex_job_failed" and posted_name(vertex) in msg, msg
     assert "too many trials failed; trial 2 failed: The replica workerpool0-0 exited" in msg, msg
+
+
+def test_train_backend_vertex_runs_one_custom_job_and_bundles_its_model(vertex, gcs, runner, city, tmp_path):
+    import argparse
+    from mlprod.bundle import load_bundle
+    from mlprod.cli_tune import train_on_vertex
+    frame, _ = city
+    frame.to_csv(tmp_path / "trips.csv", index=False)
+    from mlprod.tune_config import example_config
+    (tmp_path / "hp.yaml").write_text(example_config("rf").replace("args: [--model=rf]", "args: [--model=rf, --n_estimators=40]"))
+    args = argparse.Namespace(data=str(tmp_path / "trips.csv"), target="duration_min", task=None, metric=None, average="macro",
+                              models="linear,rf,gbm,dnn", config=str(tmp_path / "hp.yaml"), seed=0, spec=None, rows=None,
+                              name=None, coverage=0.9, output=str(tmp_path / "trips.bundle"), force=False,
+                              project=vertex.project, region=vertex.location, staging_bucket=f"gs://{gcs.bucket()}",
+                              machine_type="e2-standard-4", executor_image=None)
+    os.environ["MLPROD_VERTEX_ENDPOINT"], os.environ["MLPROD_VERTEX_POLL"] = vertex.url, "0.2"
+    try: assert train_on_vertex(args) == 0
+    finally: del os.environ["MLPROD_VERTEX_ENDPOINT"], os.environ["MLPROD_VERTEX_POLL"]
+    body = posted(vertex, "customJobs")
+    pool = body["jobSpec"]["workerPoolSpecs"][0]
+    assert pool["machineSpec"]["machineType"] == "e2-standard-4"
+    args = pool["pythonPackageSpec"]["args"]
+    assert args[args.index("--model") + 1] == "rf" and args[-1] == "--n_estimators=40" and pool["pythonPackageSpec"]["pythonModule"] == "mlprod.task"
+    out = body["jobSpec"]["baseOutputDirectory"]["outputUriPrefix"]
+    job = max(vertex.of_kind("customJobs"), key=lambda k: int(k.rsplit("/", 1)[1]))
+    assert [s for name, s in runner.states if name == job][-1] == "JOB_STATE_SUCCEEDED"
+    assert gcs.fs().exists(f"{out}/model/model.joblib")  # where AIP_MODEL_DIR pointed the job
+    b = load_bundle(tmp_path / "trips.bundle")
+    assert (b.metrics["winner"], b.metrics["tuning"]["where"], b.manifest["model"]["class"]) == ("rf", job, "RandomForestRegressor")
+    assert b.metrics["tuning"]["params"] == {"n_estimators": 40}
 
 
 # Until the environments work lands on main (its tests/conftest.py provides the same session fixture), the stand-in
