@@ -10,6 +10,7 @@ import sys
 
 from .cli import command, print_frame, _add_data_args, _check_new_file, _positive_int
 from .errors import MlprodError, UsageError
+from .cli_tune import add_vertex_args, train_on_vertex
 
 
 # %% auto #0
@@ -47,10 +48,15 @@ def _add_train(sub):
     p.add_argument("--jobs", type=_positive_int, metavar="N", help="cores to use (default: all)")
     p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="where to write the bundle (a folder or gs:// URL)")
     p.add_argument("--force", action="store_true", help="replace BUNDLE (and the inferred spec file) if they exist")
+    p.add_argument("--backend", choices=["local", "vertex"], default="local",
+                   help="local (default): compare --models here; vertex: train one family as a Vertex AI CustomJob (see mlprod tune)")
+    p.add_argument("--config", metavar="FILE", help="with --backend vertex: a tuning config whose trainingInput.args the job gets")
+    add_vertex_args(p)
     p.set_defaults(handler=train)
 
 def train(args) -> int:
     "`mlprod train`: check the inputs here, run the job notebook, then publish the bundle with its report."
+    if args.backend == "vertex": return train_on_vertex(args)
     from mlprod.select import (parse_candidates, check_metric, load_training_data, training_spec, resolve_spec,
                                save_spec_file, spec_path_for)
     from mlprod.spec import FeatureSpec

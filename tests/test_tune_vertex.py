@@ -279,21 +279,20 @@ def test_a_failed_trial_is_named_in_the_error(vertex, gcs, city):
 
 
 def test_train_backend_vertex_runs_one_custom_job_and_bundles_its_model(vertex, gcs, runner, city, tmp_path):
-    import argparse
     from mlprod.bundle import load_bundle
-    from mlprod.cli_tune import train_on_vertex
+    from mlprod.cli import capture
     frame, _ = city
     frame.to_csv(tmp_path / "trips.csv", index=False)
     from mlprod.tune_config import example_config
     (tmp_path / "hp.yaml").write_text(example_config("rf").replace("args: [--model=rf]", "args: [--model=rf, --n_estimators=40]"))
-    args = argparse.Namespace(data=str(tmp_path / "trips.csv"), target="duration_min", task=None, metric=None, average="macro",
-                              models="linear,rf,gbm,dnn", config=str(tmp_path / "hp.yaml"), seed=0, spec=None, rows=None,
-                              name=None, coverage=0.9, output=str(tmp_path / "trips.bundle"), force=False,
-                              project=vertex.project, region=vertex.location, staging_bucket=f"gs://{gcs.bucket()}",
-                              machine_type="e2-standard-4", executor_image=None)
     os.environ["MLPROD_VERTEX_ENDPOINT"], os.environ["MLPROD_VERTEX_POLL"] = vertex.url, "0.2"
-    try: assert train_on_vertex(args) == 0
+    try:
+        status, out, err = capture("train", tmp_path / "trips.csv", "--target", "duration_min", "--backend", "vertex",
+                                   "--config", tmp_path / "hp.yaml", "--project", vertex.project, "--region", vertex.location,
+                                   "--staging-bucket", f"gs://{gcs.bucket()}", "--machine-type", "e2-standard-4",
+                                   "-o", tmp_path / "trips.bundle")
     finally: del os.environ["MLPROD_VERTEX_ENDPOINT"], os.environ["MLPROD_VERTEX_POLL"]
+    assert status == 0, err
     body = posted(vertex, "customJobs")
     pool = body["jobSpec"]["workerPoolSpecs"][0]
     assert pool["machineSpec"]["machineType"] == "e2-standard-4"
