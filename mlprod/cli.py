@@ -102,8 +102,9 @@ def spec_table(spec) -> "pd.DataFrame":
     import pandas as pd
     def valid(f):
         if f.categories: return ", ".join(f.categories[:6]) + (f" … ({len(f.categories)})" if len(f.categories) > 6 else "")
-        if f.min is not None or f.max is not None: return f"[{'' if f.min is None else f'{f.min:g}'}, {'' if f.max is None else f'{f.max:g}'}]"
-        return ""
+        hard = (f"[{f.min:g}, {f.max:g}]" if f.min is not None and f.max is not None else f">= {f.min:g}" if f.min is not None
+                else f"<= {f.max:g}" if f.max is not None else "")
+        return " ".join(filter(None, [hard, f"expect [{f.expect[0]:g}, {f.expect[1]:g}]" if f.expect else ""]))
     rows = [{"column": n, "type": f.type, "required": "yes" if f.required else f"no (default {f.default})",
              "valid": valid(f), "note": f.note or ""} for n, f in spec.features.items()]
     rows += [{"column": ", ".join(d.outputs), "type": f"derived: {d.kind}", "required": "", "valid": "",

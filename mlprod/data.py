@@ -283,7 +283,8 @@ def make_city_trips(n: int = 10_000, # rows
 
 # %% ../nbs/02_data.ipynb #9fb10d95
 def _city_trips_hint(spec: FeatureSpec) -> FeatureSpec:
-    "Adds the trip's great-circle length and each end's distance to the centre and the airport."
+    "Declares the city's bounds (a hard limit), adds the trip's great-circle length and each end's distance to the centre and the airport."
+    for loc in spec.location: loc.region = dict(CITY_TRIPS_REGION)
     spec.add_haversine("trip_km", "pickup_lat", "pickup_lon", "dropoff_lat", "dropoff_lon")
     for end in ("pickup", "dropoff"):
         for point in CITY_TRIPS_POINTS:

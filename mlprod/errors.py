@@ -42,7 +42,7 @@ class DataError(MlprodError):
 
 class SpecError(DataError):
     "A feature spec that does not hold together (unknown type, a range with min above max, a missing column)."
-    code = "invalid_spec"
+    code = "spec_invalid"
 
 class BundleError(MlprodError):
     "A model bundle refused on load: tampered, truncated, unknown format or built with other library versions."

@@ -369,8 +369,7 @@ class Selection:
 # %% ../nbs/06_select.ipynb #1f703809
 def _encode_target(y: pd.Series, spec: FeatureSpec) -> np.ndarray:
     if spec.task == "regression": return y.to_numpy(dtype=np.float64)
-    index = {c: i for i, c in enumerate(spec.target.classes)}
-    return np.array([index[str(v)] for v in y], dtype=int)
+    return spec.target.encode(y)
 
 def _scale_model(X_eval, resid, seed: int):
     "σ(x): a small boosting model of the absolute error, or None when there are too few rows for one."

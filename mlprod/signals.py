@@ -82,7 +82,7 @@ def _cross_fit(codes: np.ndarray, values: np.ndarray, fold: np.ndarray, prior: n
     for f in (0, 1):
         learn, score = fold != f, fold == f
         cnt = np.bincount(codes[learn], minlength=k).astype(float)
-        sums = np.stack([np.bincount(codes[learn], weights=values[learn, j], minlength=k) for j in range(values.shape[1])], 1)
+        sums = np.stack([np.bincount(codes[learn], weights=col, minlength=k) for col in values[learn].T], 1)
         means = (sums + smooth * prior) / (cnt[:, None] + smooth)
         out[score] = means[codes[score]]
     return out
@@ -128,7 +128,7 @@ _SIGNAL_COLUMNS = ["power", "statistic", "value", "rank_correlation"]
 def feature_signals(df: pd.DataFrame, # the data, target included
                     target: str, # the column to predict
                     task: str, # "regression" or "classification"
-                    kinds: dict | None = None, # column -> spec type; from the dtypes when None ("empty", "text": skipped)
+                    kinds: dict | None = None, # column -> spec type, from the dtypes when None; "empty", "text" skipped
                     seed: int = 0, # the sample and the folds
                     max_rows: int | None = 200_000, # rows scored at most (a seeded sample of larger frames)
                    ) -> pd.DataFrame:
@@ -156,7 +156,8 @@ def feature_signals(df: pd.DataFrame, # the data, target included
         codes = bin_codes(s, kind, max_bins)
         if task == "classification":
             auc = _classification_auc(codes, y, int(y.max()) + 1, fold)
-            rows_out[c] = {"power": max(0.0, 2 * auc - 1), "statistic": "roc_auc", "value": auc, "rank_correlation": np.nan}
+            rows_out[c] = {"power": max(0.0, 2 * auc - 1), "statistic": "roc_auc", "value": auc,
+                           "rank_correlation": np.nan}
         else:
             r2 = np.fmax(_r2(codes, y, fold), _r2(codes, ranks, fold))
             rho = _rank_correlation(_as_float(s), y) if kind in NUMERIC_TYPES else np.nan

@@ -6,24 +6,22 @@
 from __future__ import annotations
 
 import math
-import re
+import numbers
 from dataclasses import dataclass, field, fields, asdict
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import yaml
 
-from .errors import DataError, SpecError, UsageError
+from .errors import DataError, SpecError
+from .spec_records import (COORDINATE_LIMITS, FIELD_ERROR_CODES, FIELD_WARNING_CODES, FieldError, Validated,
+                                 ValidatedBatch, category_key, check_value, json_schema, validate_record,
+                                 validate_records)
 
 # %% auto #0
-__all__ = ['FEATURE_TYPES', 'NUMERIC_TYPES', 'DATETIME_PARTS', 'SCALERS', 'IMPUTERS', 'TASKS', 'EARTH_RADIUS_KM',
-           'FIELD_ERROR_CODES', 'SPEC_VERSION', 'Feature', 'Target', 'Location', 'haversine_km', 'Derived',
-           'FieldError', 'Validated', 'ValidatedBatch', 'check_value', 'FeatureSpec', 'validate_record',
-           'validate_records', 'json_schema', 'to_dict', 'to_yaml', 'from_dict', 'from_yaml', 'save_spec', 'load_spec',
-           'infer_task', 'infer_spec', 'add_distance', 'add_haversine', 'add_ratio', 'add_lookup']
+__all__ = ['FEATURE_TYPES', 'NUMERIC_TYPES', 'DATETIME_PARTS', 'SCALERS', 'IMPUTERS', 'TASKS', 'EARTH_RADIUS_KM', 'SPEC_VERSION',
+           'Feature', 'Target', 'Location', 'haversine_km', 'Derived', 'FeatureSpec', 'add_distance', 'add_haversine',
+           'add_ratio', 'add_lookup']
 
 # %% ../nbs/01_spec.ipynb #f7c9b5f1
 FEATURE_TYPES = ("number", "integer", "category", "boolean", "latitude", "longitude", "datetime")
@@ -33,6 +31,35 @@ SCALERS = ("standard", "minmax", None)
 IMPUTERS = ("median", "mean", "most_frequent", "constant", None)
 TASKS = ("regression", "classification")
 
+def _refuse(problems: list, where: str = "") -> None:
+    "Raise one `SpecError` listing every problem ('key: message'), each prefixed with the path `where`."
+    if not problems: return
+    full = [f"{where}.{p}" if where else p for p in problems]
+    n = len(full)
+    raise SpecError(f"The spec is not valid ({n} problem{'s' if n > 1 else ''}): " + "; ".join(full) + ".",
+                    code="spec_invalid", problems=full)
+
+def _is_num(v) -> bool:
+    "A finite real number (not a boolean)."
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
+
+def _is_range(v) -> bool:
+    "A [low, high] pair of finite numbers with low <= high."
+    return isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v)) and v[0] <= v[1]
+
+def _is_label(v) -> bool:
+    "A value a category, a class or a placeholder can be: text, a finite number or a boolean."
+    return isinstance(v, (str, bool, np.bool_)) or _is_num(v)
+
+def _is_placeholders(v) -> bool:
+    "A list of values that can stand for 'missing': text or numbers."
+    return isinstance(v, list) and all(_is_label(x) and not isinstance(x, (bool, np.bool_)) for x in v)
+
+def _plain_scalar(v):
+    "numpy scalars as Python values (YAML and JSON know only those)."
+    return v.item() if isinstance(v, np.generic) else v
+
+# %% ../nbs/01_spec.ipynb #361bc0b5
 @dataclass
 class Feature:
     "One input column: its type, whether a client must send it, what is valid, and how it is prepared."
@@ -40,8 +67,10 @@ class Feature:
     type: str # one of `FEATURE_TYPES`
     required: bool = True # a missing value is an error when True, filled with `default` when False
     default: Any = None # the value used when an optional field is missing (also the training imputation)
-    min: float | None = None # valid range, inclusive (numeric types)
-    max: float | None = None
+    missing_values: list | None = None # values read as missing in this column, beside the spec's `missing_values`
+    min: float | None = None # hard lower limit, inclusive: a value below is refused (numeric types)
+    max: float | None = None # hard upper limit, inclusive
+    expect: list | None = None # [low, high]: the range the model saw; outside it a value is clipped, with a warning
     categories: list | None = None # allowed values (category)
     unknown: str = "reject" # a category outside `categories`: "reject" it, or "encode" it as other
     impute: str | None = None # how `default` was chosen: median, mean, most_frequent or constant
@@ -49,39 +78,124 @@ class Feature:
     scale: str | None = None # "standard", "minmax" or None
     log: bool = False # log1p before scaling, for skewed non-negative columns
     parts: list | None = None # for datetime: which parts become features
-    note: str | None = None # a sentence for the person editing the spec
     keep: bool = False # the person's word that it is known at prediction time: the leak guard leaves it in
+    note: str | None = None # a sentence for the person editing the spec
 
     def __post_init__(self):
-        if self.type not in FEATURE_TYPES:
-            raise SpecError(f"Feature '{self.name}' has type '{self.type}'; allowed types are {', '.join(FEATURE_TYPES)}.")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise SpecError(f"Feature '{self.name}' has min {self.min} above max {self.max}.")
-        if self.unknown not in ("reject", "encode"):
-            raise SpecError(f"Feature '{self.name}': unknown must be 'reject' or 'encode', not '{self.unknown}'.")
-        if self.scale not in SCALERS:
-            raise SpecError(f"Feature '{self.name}': scale must be 'standard', 'minmax' or empty, not '{self.scale}'.")
-        if self.type == "category" and not self.categories and self.unknown == "reject":
-            raise SpecError(f"Category feature '{self.name}' lists no categories; list them or set unknown: encode.")
-        if self.type == "datetime" and self.parts is None: self.parts = ["hour", "weekday", "month"]
-        if self.categories is not None: self.categories = [str(c) for c in self.categories]
-        self._allowed = frozenset(self.categories or ())
-        if self.parts and set(self.parts) - set(DATETIME_PARTS):
-            raise SpecError(f"Feature '{self.name}': datetime parts must be among {', '.join(DATETIME_PARTS)}.")
+        problems = self._problems()
+        blocking = ("name", "type", "min", "max", "categories", "unknown", "parts")  # the default is checked with these
+        if not any(p.split(":")[0] in blocking for p in problems):
+            if self.type == "datetime" and self.parts is None: self.parts = ["hour", "weekday", "month"]
+            if self.categories is not None: self.categories = [category_key(c) for c in self.categories]
+            self._allowed = frozenset(self.categories or ())
+            self._set_missing(())
+            if self.default is not None:
+                v = check_value(self, self.default)
+                if type(v) is tuple: problems.append(f"default: {v[1]}")
+                else: self.default = v
+        _refuse(problems, f"features.{self.name}")
 
     @property
     def numeric(self) -> bool: return self.type in NUMERIC_TYPES
 
-# %% ../nbs/01_spec.ipynb #361bc0b5
+    @property
+    def expected_range(self) -> tuple | None:
+        "What a value outside `expect` is clipped to: `expect`, in whole numbers for an integer feature."
+        if self.expect is None: return None
+        lo, hi = self.expect
+        return (math.ceil(lo), math.floor(hi)) if self.type == "integer" else (lo, hi)
+
+    def _set_missing(self, common):
+        "The values read as missing: text (compared stripped) and numbers, from `common` and this column's list."
+        tokens = [*common, *(self.missing_values or ())]
+        self._missing_text = frozenset({""} | {category_key(t) for t in tokens})
+        self._missing_num = frozenset(float(t) for t in tokens if _is_num(t))
+
+# %% ../nbs/01_spec.ipynb #46827fcf
+def _bool_problems(f, keys) -> list:
+    return [f"{k}: must be true or false" for k in keys if not isinstance(getattr(f, k), bool)]
+
+def _range_problems(f: Feature) -> list:
+    "min, max, expect and clip: numbers, in order, inside the type's physical limits."
+    p, numeric = [], f.type in NUMERIC_TYPES
+    for k in ("min", "max", "expect", "clip"):
+        v = getattr(f, k)
+        if v is None: continue
+        if not numeric: p.append(f"{k}: only numeric features have one")
+        elif k in ("min", "max") and not _is_num(v): p.append(f"{k}: must be a number")
+        elif k in ("expect", "clip") and not _is_range(v): p.append(f"{k}: must be [low, high] with low <= high")
+    if p or not numeric: return p
+    if f.min is not None and f.max is not None and f.min > f.max: p.append(f"min: {f.min:g} is above max {f.max:g}")
+    lo, hi = COORDINATE_LIMITS.get(f.type, (-math.inf, math.inf))
+    lo, hi = max(lo, f.min if f.min is not None else -math.inf), min(hi, f.max if f.max is not None else math.inf)
+    if f.expect is not None and not lo <= f.expect[0] <= f.expect[1] <= hi:
+        p.append(f"expect: must lie within the hard limits [{lo:g}, {hi:g}]")
+    elif f.expect is not None and f.type == "integer" and math.ceil(f.expect[0]) > math.floor(f.expect[1]):
+        p.append("expect: an integer feature's range must hold a whole number")
+    return p
+
+def _category_problems(f: Feature) -> list:
+    c = f.categories
+    unlisted = ["categories: list them, or set unknown: encode"]
+    if c is None: return unlisted if f.type == "category" and f.unknown == "reject" else []
+    if f.type != "category": return ["categories: only category features have them"]
+    if not isinstance(c, list) or not all(map(_is_label, c)):
+        return ["categories: must be a list of values (text or numbers)"]
+    if len({category_key(v) for v in c}) < len(c): return ["categories: a value is listed twice"]
+    if not c and f.unknown == "reject": return unlisted
+    return []
+
+def _feature_problems(f: Feature) -> list:
+    if not isinstance(f.name, str) or not f.name: return ["name: must be a column name"]
+    if f.type not in FEATURE_TYPES: return [f"type: must be one of {', '.join(FEATURE_TYPES)}, not {f.type!r}"]
+    p = _bool_problems(f, ("required", "log", "keep")) + _range_problems(f) + _category_problems(f)
+    if f.unknown not in ("reject", "encode"): p.append(f"unknown: must be reject or encode, not {f.unknown!r}")
+    if f.scale not in SCALERS: p.append(f"scale: must be standard, minmax or empty, not {f.scale!r}")
+    if f.impute not in IMPUTERS:
+        p.append(f"impute: must be median, mean, most_frequent, constant or empty, not {f.impute!r}")
+    if f.parts is not None and (f.type != "datetime" or not isinstance(f.parts, list) or not f.parts
+                                or not all(isinstance(x, str) and x in DATETIME_PARTS for x in f.parts)):
+        p.append(f"parts: datetime features only, a list among {', '.join(DATETIME_PARTS)}")
+    if f.missing_values is not None and not _is_placeholders(f.missing_values):
+        p.append("missing_values: must be a list of values (text or numbers)")
+    if f.note is not None and not isinstance(f.note, str): p.append("note: must be text")
+    return p
+
+Feature._problems = _feature_problems
+
+# %% ../nbs/01_spec.ipynb #7b01adc2
 @dataclass
 class Target:
     "The column to predict and the task."
     name: str
     task: str # "regression" or "classification"
-    classes: list | None = None # classification: the classes, in the order the model's probabilities use
+    classes: list | None = None # classification: the classes (text, integers or booleans), in the model's order
 
     def __post_init__(self):
-        if self.task not in TASKS: raise SpecError(f"Target task must be one of {', '.join(TASKS)}, not '{self.task}'.")
+        p = []
+        if not isinstance(self.name, str) or not self.name: p.append("name: must be the target column's name")
+        if self.task not in TASKS: p.append(f"task: must be one of {', '.join(TASKS)}, not {self.task!r}")
+        c = self.classes
+        if c is not None:
+            if self.task == "regression": p.append("classes: only a classification target has classes")
+            elif not isinstance(c, list) or not all(map(_is_label, c)): p.append("classes: must be a list of labels")
+            elif len({category_key(v) for v in c}) < len(c): p.append("classes: a label is listed twice")
+            elif len(c) < 2: p.append("classes: classification needs at least two classes")
+            else: self.classes = [_plain_scalar(v) for v in c]
+        _refuse(p, "target")
+
+    def encode(self, values) -> np.ndarray:
+        "The position of each value's class in `classes`; a `DataError` names the values that are no class."
+        index = {category_key(c): i for i, c in enumerate(self.classes or [])}
+        keys = [category_key(_plain_scalar(v)) for v in values]
+        unknown = sorted({k for k in keys if k not in index})
+        if unknown:
+            raise DataError(f"The target '{self.name}' holds value(s) that are not among its classes "
+                            f"{self.classes}: {', '.join(unknown[:10])}.", code="unknown_class")
+        return np.array([index[k] for k in keys], dtype=int)
+
+# %% ../nbs/01_spec.ipynb #811e5f5d
+_REGION_KEYS = ("min_lat", "max_lat", "min_lon", "max_lon")
 
 @dataclass
 class Location:
@@ -89,6 +203,16 @@ class Location:
     lat: str
     lon: str
     region: dict | None = None # {"min_lat":, "max_lat":, "min_lon":, "max_lon":}
+
+    def __post_init__(self):
+        p = [f"{k}: must be a column name" for k in ("lat", "lon") if not isinstance(getattr(self, k), str)]
+        r = self.region
+        if r is not None:
+            if not isinstance(r, dict) or set(r) != set(_REGION_KEYS) or not all(_is_num(r[k]) for k in _REGION_KEYS):
+                p.append("region: must be {min_lat, max_lat, min_lon, max_lon}, all numbers")
+            elif not (-90 <= r["min_lat"] <= r["max_lat"] <= 90 and -180 <= r["min_lon"] <= r["max_lon"] <= 180):
+                p.append("region: needs min_lat <= max_lat within ±90 and min_lon <= max_lon within ±180")
+        _refuse(p, "location")
 
     def contains(self, lat: float, lon: float) -> bool:
         r = self.region
@@ -102,6 +226,9 @@ def haversine_km(lat1, lon1, lat2, lon2):
     lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=float)) for v in (lat1, lon1, lat2, lon2))
     a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+
+_DERIVED_NEEDS = {"distance": ("name", "lat", "lon", "points"), "haversine": ("name", "lat", "lon", "to_lat", "to_lon"),
+                  "ratio": ("name", "numerator", "denominator"), "lookup": ("key", "table", "columns")}
 
 @dataclass
 class Derived:
@@ -121,12 +248,28 @@ class Derived:
     columns: dict | None = None # lookup: {table column: new feature name}
     source: str | None = None # lookup: where the table is read from (CSV/Parquet), relative to the spec file
 
-    def __post_init__(self):
-        need = {"distance": ("name", "lat", "lon", "points"), "haversine": ("name", "lat", "lon", "to_lat", "to_lon"),
-                "ratio": ("name", "numerator", "denominator"), "lookup": ("key", "table", "columns")}
-        if self.kind not in need: raise SpecError(f"Derived kind must be one of {', '.join(need)}, not '{self.kind}'.")
-        missing = [k for k in need[self.kind] if getattr(self, k) in (None, {}, [])]
-        if missing: raise SpecError(f"Derived {self.kind} '{self.name or self.key}' needs {', '.join(missing)}.")
+    def __post_init__(self): _refuse(self._problems(), "derived")
+
+    def _problems(self) -> list:
+        if self.kind not in _DERIVED_NEEDS:
+            return [f"kind: must be one of {', '.join(_DERIVED_NEEDS)}, not {self.kind!r}"]
+        need = _DERIVED_NEEDS[self.kind]
+        p = [f"{k}: a {self.kind} needs it" for k in need if getattr(self, k) in (None, {}, [], "")]
+        given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        unused = [k for k in given if k not in (*need, "kind", "table_key", "source")]
+        if self.kind != "lookup": unused += [k for k in ("table_key", "source") if getattr(self, k) is not None]
+        p += [f"{k}: not used by a {self.kind}" for k in unused]
+        p += [f"{f.name}: must be text" for f in fields(self) if f.name not in ("kind", "points", "columns")
+              and getattr(self, f.name) is not None and not isinstance(getattr(self, f.name), str)]
+        point = lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_num, v)) and abs(v[0]) <= 90 \
+                          and abs(v[1]) <= 180
+        pts = self.points
+        if pts is not None and (not isinstance(pts, dict) or not all(map(point, pts.values()))):
+            p.append("points: must be {name: [lat, lon]} with the latitude within ±90 and the longitude within ±180")
+        if self.columns is not None and (not isinstance(self.columns, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in self.columns.items())):
+            p.append("columns: must be {table column: new feature name}")
+        return p
 
     @property
     def outputs(self) -> list[str]:
@@ -138,135 +281,59 @@ class Derived:
         return {"distance": [self.lat, self.lon], "haversine": [self.lat, self.lon, self.to_lat, self.to_lon],
                 "ratio": [self.numerator, self.denominator], "lookup": [self.key]}[self.kind]
 
-# %% ../nbs/01_spec.ipynb #c01430d5
-FIELD_ERROR_CODES = ("missing_field", "wrong_type", "out_of_range", "unknown_category", "outside_region",
-                     "unknown_field", "not_finite", "not_an_object")
-
-@dataclass
-class FieldError:
-    "One problem with one field of one record."
-    field: str | None
-    code: str # one of `FIELD_ERROR_CODES`
-    message: str
-    index: int | None = None # the record's position in a batch
-
-    def to_dict(self) -> dict:
-        d = {"field": self.field, "code": self.code, "message": self.message}
-        if self.index is not None: d["index"] = self.index
-        return d
-
-@dataclass
-class Validated:
-    "The cleaned record (defaults filled, types coerced) when `errors` is empty."
-    record: dict | None
-    errors: list
-
-    @property
-    def ok(self) -> bool: return not self.errors
-
-@dataclass
-class ValidatedBatch:
-    "Cleaned records (None where a record failed) and every error with its record's `index`."
-    records: list
-    errors: list
-
-    @property
-    def ok(self) -> bool: return not self.errors
-
-# %% ../nbs/01_spec.ipynb #ec5cca1b
-_TRUE, _FALSE = {"true", "yes", "1", "t", "y"}, {"false", "no", "0", "f", "n"}
-
-def _fmt(x) -> str: return f"{x:g}" if isinstance(x, float) else str(x)
-
-def _as_number(value):
-    "A finite float from a JSON value, or a (code, message) pair."
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return "wrong_type", f"expected a number, got {_json_type(value)}"
-    if isinstance(value, str):
-        try: value = float(value.strip())
-        except ValueError: return "wrong_type", f"expected a number, got the string {value[:40]!r}"
-    try: value = float(value)
-    except OverflowError: return "not_finite", "the number is too large to represent"
-    if not math.isfinite(value): return "not_finite", "expected a finite number, got NaN or infinity"
-    return value
-
-def _json_type(value) -> str:
-    if value is None: return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-def _check_numeric(f: Feature, value):
-    v = _as_number(value)
-    if isinstance(v, tuple): return v
-    if f.type == "integer":
-        if v != int(v): return "wrong_type", f"expected an integer, got {_fmt(v)}"
-        v = int(v)
-    if (f.min is not None and v < f.min) or (f.max is not None and v > f.max):
-        if f.min is None: return "out_of_range", f"{_fmt(v)} is above the maximum {_fmt(f.max)}"
-        if f.max is None: return "out_of_range", f"{_fmt(v)} is below the minimum {_fmt(f.min)}"
-        return "out_of_range", f"{_fmt(v)} is outside the valid range [{_fmt(f.min)}, {_fmt(f.max)}]"
-    return v
-
-def _check_category(f: Feature, value):
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return "wrong_type", f"expected a string, got {_json_type(value)}"
-    if isinstance(value, float) and value.is_integer(): value = int(value)
-    v = str(value)
-    if f.categories is not None and v not in f._allowed and f.unknown == "reject":
-        shown = ", ".join(map(str, f.categories[:20])) + (", ..." if len(f.categories) > 20 else "")
-        return "unknown_category", f"{v[:40]!r} is not an allowed value; allowed: {shown}"
-    return v
-
-def _check_boolean(f: Feature, value):
-    if isinstance(value, bool): return value
-    if isinstance(value, (int, float)) and value in (0, 1): return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE: return value.strip().lower() in _TRUE
-    return "wrong_type", f"expected true or false, got {_json_type(value)}"
-
-def _check_datetime(f: Feature, value):
-    if not isinstance(value, str): return "wrong_type", f"expected an ISO 8601 date-time string, got {_json_type(value)}"
-    try: return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).isoformat()
-    except ValueError: return "wrong_type", f"expected an ISO 8601 date-time string like 2024-05-01T13:45:00, got {value[:40]!r}"
-
-_CHECKERS = {"number": _check_numeric, "integer": _check_numeric, "latitude": _check_numeric,
-             "longitude": _check_numeric, "category": _check_category, "boolean": _check_boolean,
-             "datetime": _check_datetime}
-
-def check_value(f: Feature, value):
-    "Coerce one present (non-null) JSON value for feature `f`, or return a `(code, message)` pair."
-    return _CHECKERS[f.type](f, value)
-
 # %% ../nbs/01_spec.ipynb #17c82a64
 SPEC_VERSION = 1
 
+def _top_problems(spec_version, drop, missing_values) -> list:
+    p = []
+    if spec_version != SPEC_VERSION:
+        p.append(f"spec_version: {spec_version!r} is not supported; this mlprod reads version {SPEC_VERSION}")
+    if not isinstance(drop, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in drop.items()):
+        p.append("drop: must be {column: reason}")
+    if not _is_placeholders(missing_values):
+        p.append("missing_values: must be a list of values (text or numbers)")
+    return p
+
+def _fit_problems(target, features: dict, location: list, derived: list, unchecked=frozenset()) -> list:
+    "How the pieces fit together; `unchecked` names features that failed their own checks (not judged again here)."
+    p, known = [], set(features) | set(unchecked)
+    if target is not None and target.name in known:
+        p.append(f"features.{target.name}: the target cannot also be a feature")
+    for i, loc in enumerate(location):
+        for key, kind in (("lat", "latitude"), ("lon", "longitude")):
+            col = getattr(loc, key, None) # None: the group failed its own checks
+            if col is None or col in unchecked: continue
+            where = f"location[{i}].{key}: '{col}'"
+            if col not in features: p.append(f"{where} is not a feature")
+            elif features[col].type != kind: p.append(f"{where} must be a {kind} feature, not {features[col].type}")
+    for i, d in enumerate(derived):
+        if d is None: continue
+        missing = [c for c in d.inputs if c not in known]
+        if missing: p.append(f"derived[{i}]: uses unknown column(s) {', '.join(map(str, missing))}")
+        wrong = [c for c in d.inputs if d.kind != "lookup" and c in features and not (features[c].numeric or
+                 (d.kind == "ratio" and features[c].type == "boolean"))]
+        if wrong: p.append(f"derived[{i}]: a {d.kind} needs numeric column(s), not {', '.join(wrong)}")
+        clash = [c for c in d.outputs if c in known]
+        if clash: p.append(f"derived[{i}]: the name(s) {', '.join(clash)} clash with existing columns")
+        known |= set(d.outputs)
+    return p
+
 @dataclass
 class FeatureSpec:
-    "The input contract of a model: target, features, location groups, derived features and dropped columns."
+    "The input contract of a model: target, features, missing values, location groups, derived features, drops."
     target: Target
     features: dict # name -> `Feature`, in column order
     location: list = field(default_factory=list) # `Location` groups
     derived: list = field(default_factory=list) # `Derived` features, computed in this order
     drop: dict = field(default_factory=dict) # column -> why it is not used
+    missing_values: list = field(default_factory=list) # placeholders read as missing in every column
     spec_version: int = SPEC_VERSION
     tables: dict = field(default_factory=dict, repr=False, compare=False) # lookup tables: name -> DataFrame
 
     def __post_init__(self):
-        if self.spec_version != SPEC_VERSION:
-            raise SpecError(f"spec_version {self.spec_version} is not supported; this mlprod reads version {SPEC_VERSION}.")
-        if self.target.name in self.features:
-            raise SpecError(f"The target '{self.target.name}' is also listed as a feature.")
-        known = set(self.features)
-        for loc in self.location:
-            for col, kind in ((loc.lat, "latitude"), (loc.lon, "longitude")):
-                if col not in self.features or self.features[col].type != kind:
-                    raise SpecError(f"Location column '{col}' must be a feature of type {kind}.")
-        for d in self.derived:
-            missing = [c for c in d.inputs if c not in known]
-            if missing: raise SpecError(f"Derived feature '{d.name or d.table}' uses unknown column(s): {', '.join(missing)}.")
-            clash = [c for c in d.outputs if c in known]
-            if clash: raise SpecError(f"Derived feature name(s) {', '.join(clash)} clash with existing columns.")
-            known |= set(d.outputs)
-        self._region_of = {loc.lat: loc for loc in self.location if loc.region}
+        _refuse(_top_problems(self.spec_version, self.drop, self.missing_values)
+                + _fit_problems(self.target, self.features, self.location, self.derived))
+        for f in self.features.values(): f._set_missing(self.missing_values)
 
     @property
     def input_columns(self) -> list[str]: return list(self.features)
@@ -276,364 +343,9 @@ class FeatureSpec:
 
     def __getitem__(self, name) -> Feature: return self.features[name]
 
-# %% ../nbs/01_spec.ipynb #492354cc
-def _validate(spec: FeatureSpec, obj, unknown_fields: str = "reject", index: int | None = None) -> Validated:
-    if not isinstance(obj, dict):
-        return Validated(None, [FieldError(None, "not_an_object", f"expected a JSON object with the input fields, got {_json_type(obj)}", index)])
-    errors, record = [], {}
-    for name, f in spec.features.items():
-        value = obj.get(name)
-        if value is None:
-            if f.required: errors.append(FieldError(name, "missing_field", f"'{name}' is required", index))
-            else: record[name] = f.default
-            continue
-        v = _CHECKERS[f.type](f, value)
-        if type(v) is tuple: errors.append(FieldError(name, v[0], f"'{name}': {v[1]}", index))
-        else: record[name] = v
-    if unknown_fields == "reject" and not obj.keys() <= spec.features.keys():
-        ignored = spec.drop.keys() | {spec.target.name}
-        for k in obj:
-            if k not in spec.features and k not in ignored:
-                errors.append(FieldError(str(k), "unknown_field", f"'{str(k)[:60]}' is not an input of this model; inputs are: {', '.join(spec.features)}", index))
-    for lat, loc in spec._region_of.items():
-        y, x = record.get(lat), record.get(loc.lon)
-        if y is not None and x is not None and not loc.contains(y, x):
-            r = loc.region
-            errors.append(FieldError(lat, "outside_region",
-                f"({lat}, {loc.lon}) = ({_fmt(y)}, {_fmt(x)}) is outside the region lat [{_fmt(r['min_lat'])}, {_fmt(r['max_lat'])}], lon [{_fmt(r['min_lon'])}, {_fmt(r['max_lon'])}]", index))
-    return Validated(None if errors else record, errors)
-
-def validate_record(self: FeatureSpec, obj, # any JSON value: the record a client sent
-                    unknown_fields: str = "reject", # "reject" or "ignore" fields the spec does not know
-                   ) -> Validated:
-    "The cleaned record with defaults filled and types coerced, or every error at once; never raises."
-    return _validate(self, obj, unknown_fields)
-
-def validate_records(self: FeatureSpec, objs, unknown_fields: str = "reject") -> ValidatedBatch:
-    "Validate a list of records: cleaned records (None where invalid) and every error with its `index`."
-    if not isinstance(objs, list):
-        return ValidatedBatch([], [FieldError(None, "not_an_object", f"expected a JSON array of records, got {_json_type(objs)}")])
-    results = [_validate(self, o, unknown_fields, i) for i, o in enumerate(objs)]
-    return ValidatedBatch([r.record for r in results], [e for r in results for e in r.errors])
-
+# see `mlprod.spec_records`
 FeatureSpec.validate_record, FeatureSpec.validate_records = validate_record, validate_records
-
-# %% ../nbs/01_spec.ipynb #6e4b7f54
-_JSON_TYPES = {"number": "number", "integer": "integer", "latitude": "number", "longitude": "number",
-               "category": "string", "boolean": "boolean", "datetime": "string"}
-
-def json_schema(self: FeatureSpec, unknown_fields: str = "reject") -> dict:
-    "The inputs as a JSON Schema object."
-    props = {}
-    for name, f in self.features.items():
-        p = {"type": _JSON_TYPES[f.type]}
-        if f.numeric:
-            if f.min is not None: p["minimum"] = f.min
-            if f.max is not None: p["maximum"] = f.max
-        if f.type == "category" and f.categories and f.unknown == "reject": p["enum"] = list(f.categories)
-        if f.type == "datetime": p["format"] = "date-time"
-        if not f.required: p["type"], p["default"] = [p["type"], "null"], f.default
-        if f.note: p["description"] = f.note
-        props[name] = p
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": f"Inputs to predict {self.target.name}",
-              "type": "object", "properties": props, "required": [n for n, f in self.features.items() if f.required]}
-    if unknown_fields == "reject":
-        schema["additionalProperties"] = False
-        # the target and dropped columns are accepted and ignored
-        for name in [self.target.name, *self.drop]: props.setdefault(name, {"description": "accepted and ignored"})
-    return schema
-
 FeatureSpec.json_schema = json_schema
-
-# %% ../nbs/01_spec.ipynb #62013744
-_HEADER = """\
-# mlprod feature spec: the input contract of a model. Edit it, then train with --spec.
-# target:   the column to predict; task is regression or classification.
-# features: one entry per input column, in order.
-#   type:       number | integer | category | boolean | latitude | longitude | datetime
-#   required:   true = a client must send it; false = `default` fills it when missing (and imputes training rows)
-#   min/max:    the valid range (inclusive); values outside are refused by the API
-#   categories: the allowed values; unknown: reject (refuse others) | encode (treat others as "other")
-#   clip:       [low, high] outlier bounds applied before scaling; scale: standard | minmax; log: log1p first
-#   parts:      datetime only: which of hour, weekday, month, day, year, minute become features
-#   keep:       true = known at prediction time, trained on even if it predicts the target almost perfectly
-# location: latitude/longitude pairs and the region (bounding box) a valid point falls in.
-# derived:  distance (km to the nearest reference point), haversine (km between two points), ratio, lookup (a table
-#           keyed by a category column; the table is saved in the bundle's reference/).
-# drop:     columns deliberately not used, with the reason; clients may still send them.
-"""
-
-def _clean(d: dict) -> dict:
-    "Leave out empty settings and the defaults a reader does not need to see."
-    out = {}
-    for k, v in d.items():
-        if k == "name" or v is None or (isinstance(v, (list, dict)) and not v): continue
-        if (k, v) in (("required", True), ("unknown", "reject"), ("log", False), ("keep", False)): continue
-        out[k] = v
-    return out
-
-def _plain(x):
-    "numpy scalars and tuples to plain YAML types."
-    if isinstance(x, dict): return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return [_plain(v) for v in x]
-    if isinstance(x, np.generic): return x.item()
-    return x
-
-class _Dumper(yaml.SafeDumper):
-    "Short lists of scalars on one line, everything else in block style."
-    def represent_list(self, data):
-        flow = all(not isinstance(v, (list, dict)) for v in data)
-        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-_Dumper.add_representer(list, _Dumper.represent_list)
-
-def to_dict(self: FeatureSpec) -> dict:
-    "The spec as plain data, in the file's layout."
-    return _plain({
-        "spec_version": self.spec_version,
-        "target": {"name": self.target.name} | _clean(asdict(self.target)),
-        "features": {n: _clean(asdict(f)) for n, f in self.features.items()},
-        "location": [{"lat": l.lat, "lon": l.lon} | _clean(asdict(l)) for l in self.location],
-        "derived": [{k: v for k, v in asdict(d).items() if v is not None} for d in self.derived],
-        "drop": dict(self.drop)})
-
-def to_yaml(self: FeatureSpec) -> str:
-    "The spec file's text, with its explanatory header."
-    d = self.to_dict()
-    parts = [_HEADER]
-    for key in ("spec_version", "target", "features", "location", "derived", "drop"):
-        if d[key] in ([], {}) and key in ("location", "derived", "drop"): continue
-        parts.append(yaml.dump({key: d[key]}, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100))
-    return "\n".join(parts)
-
-def from_dict(d: dict) -> FeatureSpec:
-    "Build a spec from plain data (a parsed spec file), with errors that name the part that is wrong."
-    if not isinstance(d, dict) or "target" not in d or "features" not in d:
-        raise SpecError("A spec needs at least `target` and `features`.")
-    def build(cls, data, where, **extra):
-        if not isinstance(data, dict): raise SpecError(f"{where} must be a mapping, not {_json_type(data)}.")
-        allowed = {f.name for f in fields(cls)}
-        unknown = set(data) - allowed
-        if unknown: raise SpecError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(allowed - {'name'}))}.")
-        try: return cls(**data, **extra)
-        except TypeError as e: raise SpecError(f"{where}: {e}") from None
-    feats = d["features"] or {}
-    if not isinstance(feats, dict): raise SpecError("`features` must be a mapping of column name to settings.")
-    return FeatureSpec(
-        target=build(Target, d["target"], "target"),
-        features={str(n): build(Feature, f or {}, f"feature '{n}'", name=str(n)) for n, f in feats.items()},
-        location=[build(Location, l, "location") for l in d.get("location") or []],
-        derived=[build(Derived, x, "derived") for x in d.get("derived") or []],
-        drop=dict(d.get("drop") or {}), spec_version=d.get("spec_version", SPEC_VERSION))
-
-def from_yaml(text: str) -> FeatureSpec:
-    "Parse a spec file's text."
-    try: d = yaml.safe_load(text)
-    except yaml.YAMLError as e: raise SpecError(f"The spec is not valid YAML: {e}") from None
-    return from_dict(d)
-
-FeatureSpec.to_dict, FeatureSpec.to_yaml = to_dict, to_yaml
-FeatureSpec.from_dict, FeatureSpec.from_yaml = staticmethod(from_dict), staticmethod(from_yaml)
-
-# %% ../nbs/01_spec.ipynb #cf418607
-def _read_table(uri: str) -> pd.DataFrame:
-    return pd.read_parquet(uri) if str(uri).endswith((".parquet", ".pq")) else pd.read_csv(uri)
-
-def save_spec(spec: FeatureSpec, path, # where to write the YAML (local path or fsspec URL)
-              force: bool = False, # overwrite an existing file
-             ) -> str:
-    "Write the spec file (and, beside it, lookup tables that have no `source` yet); refuse to overwrite unless `force`."
-    import fsspec
-    fs, p = fsspec.core.url_to_fs(str(path))
-    if fs.exists(p) and not force: raise UsageError(f"{path} exists; pass --force (force=True) to overwrite it.", code="file_exists")
-    parent = p.rsplit("/", 1)[0] if "/" in p else ""
-    if parent: fs.makedirs(parent, exist_ok=True)
-    stem = p.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
-    for d in spec.derived:
-        if d.kind == "lookup" and not d.source and d.table in spec.tables:
-            d.source = f"{stem}.{d.table}.csv"  # relative to the spec file, so the pair moves together
-            with fs.open(f"{parent}/{d.source}" if parent else d.source, "w") as f: spec.tables[d.table].to_csv(f, index=False)
-    with fs.open(p, "w") as f: f.write(spec.to_yaml())
-    return str(path)
-
-def load_spec(path) -> FeatureSpec:
-    "Read a spec file, and the lookup tables it names by `source`."
-    import fsspec
-    try:
-        with fsspec.open(str(path), "r") as f: text = f.read()
-    except FileNotFoundError: raise UsageError(f"Spec file {path} does not exist.", code="file_not_found") from None
-    spec = from_yaml(text)
-    base = str(path).rsplit("/", 1)[0] if "/" in str(path) else "."
-    for d in spec.derived:
-        if d.kind == "lookup" and d.source and d.table not in spec.tables:
-            src = d.source if "://" in d.source or d.source.startswith("/") else f"{base}/{d.source}"
-            spec.tables[d.table] = _read_table(src)
-    return spec
-
-FeatureSpec.save, FeatureSpec.load = save_spec, staticmethod(load_spec)
-
-# %% ../nbs/01_spec.ipynb #70ab4003
-_LAT_RE = re.compile(r"(^|_)(lat|latitude)($|_)", re.I)
-_LON_RE = re.compile(r"(^|_)(lon|lng|long|longitude)($|_)", re.I)
-_BOOL_STRINGS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
-
-def _round_sig(x: float, sig: int = 6) -> float:
-    if x == 0 or not math.isfinite(x): return float(x)
-    return float(round(x, sig - 1 - int(math.floor(math.log10(abs(x))))))
-
-def _widen(lo: float, hi: float, margin: float, bounds=(None, None)) -> tuple:
-    span = (hi - lo) or abs(hi) or 1.0
-    a, b = lo - margin * span, hi + margin * span
-    if lo >= 0 and a < 0: a = 0.0
-    if bounds[0] is not None: a, b = max(a, bounds[0]), min(b, bounds[1])
-    return _round_sig(a), _round_sig(b)
-
-def _infer_type(name: str, s: pd.Series) -> tuple[str, pd.Series, str | None]:
-    "The feature type of a column, the column as that type, and a note on any coercion."
-    nonnull = s.dropna()
-    if pd.api.types.is_bool_dtype(s): return "boolean", s, None
-    if pd.api.types.is_datetime64_any_dtype(s): return "datetime", s, None
-    if pd.api.types.is_numeric_dtype(s):
-        if len(nonnull) and nonnull.isin([0, 1]).all() and nonnull.nunique() == 2: return "boolean", s, None
-        if _LAT_RE.search(name) and nonnull.between(-90, 90).all(): return "latitude", s, None
-        if _LON_RE.search(name) and nonnull.between(-180, 180).all(): return "longitude", s, None
-        if len(nonnull) and np.all(np.mod(nonnull.to_numpy(dtype=float), 1) == 0): return "integer", s, None
-        return "number", s, None
-    # decide on a sample: text columns of a million rows are slow to parse whole
-    text = (nonnull.sample(20_000, random_state=0) if len(nonnull) > 20_000 else nonnull).astype(str).str.strip()
-    if len(text) and set(text.str.lower().unique()) <= _BOOL_STRINGS and text.str.lower().nunique() == 2:
-        return "boolean", s, None
-    nums = pd.to_numeric(text, errors="coerce")
-    if len(text) and nums.notna().mean() >= 0.95:
-        bad = int(nums.isna().sum())
-        typ, _, _ = _infer_type(name, nums)
-        note = f"mixed types: {bad} non-numeric value(s) treated as missing" if bad else None
-        return (typ if typ != "boolean" else "integer"), pd.to_numeric(s.astype("string").str.strip(), errors="coerce"), note
-    if len(text) and text.str.contains(r"\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}:\d{2}", regex=True).mean() >= 0.95:
-        dt = pd.to_datetime(text, errors="coerce", format="mixed")
-        if dt.notna().mean() >= 0.95: return "datetime", s, None
-    return "category", s, None
-
-def infer_task(y: pd.Series) -> str:
-    "Classification for text, booleans and whole numbers with at most 10 values; regression otherwise."
-    if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y): return "classification"
-    vals = y.dropna()
-    integral = np.all(np.mod(vals.to_numpy(dtype=float), 1) == 0)
-    return "classification" if integral and vals.nunique() <= 10 else "regression"
-
-# %% ../nbs/01_spec.ipynb #7c6a8ead
-def _numeric_feature(name, typ, s: pd.Series, margin: float, note: str | None) -> Feature:
-    x = s.dropna().to_numpy(dtype=float)
-    bounds = {"latitude": (-90.0, 90.0), "longitude": (-180.0, 180.0)}.get(typ, (None, None))
-    small = typ == "integer" and len(np.unique(x)) <= 60  # codes, counts, calendar parts
-    clock = typ == "integer" and x.min() >= 0 and x.max() <= 2359 and np.all(np.mod(x, 100) < 60) and len(np.unique(x)) > 60
-    if small: lo, hi = int(x.min()), int(x.max())
-    elif clock: lo, hi, note = 0, 2359, "; ".join(filter(None, [note, "a clock time written as HHMM"]))
-    else:
-        lo, hi = _widen(float(x.min()), float(x.max()), margin if typ not in bounds else margin / 2, bounds)
-        if typ == "integer": lo, hi = math.floor(lo), math.ceil(hi)
-    q1, q3 = np.percentile(x, [25, 75])
-    clip = None
-    if typ in ("number", "integer") and not small and not clock and q3 > q1 and (x.min() < q1 - 3 * (q3 - q1) or x.max() > q3 + 3 * (q3 - q1)):
-        clip = [_round_sig(float(v)) for v in np.quantile(x, [0.001, 0.999])]
-    missing = s.isna().mean()
-    default = None
-    if missing > 0:
-        default = float(np.median(x))
-        default = int(round(default)) if typ == "integer" else _round_sig(default)
-    notes = [n for n in (note, f"{missing:.1%} missing" if missing else None,
-                         f"outliers beyond 3 IQR; clipped to the 0.1%–99.9% quantiles" if clip else None) if n]
-    return Feature(name, typ, required=bool(missing == 0), default=default, min=lo, max=hi,
-                   impute="median" if missing else None, clip=clip, scale="standard", note="; ".join(notes) or None)
-
-def _category_feature(name, s: pd.Series, max_categories: int) -> Feature:
-    counts = s.dropna().astype(str).value_counts()
-    cats = list(counts.index[:max_categories])
-    missing = s.isna().mean()
-    notes = [f"{len(counts)} distinct values"]
-    if len(counts) > max_categories: notes.append(f"the {len(counts) - max_categories} rarest are encoded as other")
-    rare = int((counts < max(5, 0.005 * len(s))).sum())
-    if rare and len(counts) <= max_categories: notes.append(f"{rare} rare value(s)")
-    if missing: notes.append(f"{missing:.1%} missing")
-    return Feature(name, "category", required=bool(missing == 0), default=cats[0] if missing else None, categories=cats,
-                   unknown="encode" if len(counts) > max_categories else "reject",
-                   impute="most_frequent" if missing else None, note="; ".join(notes))
-
-def _holds_containers(s: pd.Series) -> bool:
-    "Whether an object column holds lists, mappings or sets (JSON arrays/objects) rather than single values."
-    if s.dtype != object: return False
-    head = s.dropna().head(1000)
-    return bool(len(head)) and any(isinstance(v, (list, dict, set, tuple)) for v in head)
-
-def _drop_reason(name: str, s: pd.Series, y: pd.Series, typ: str) -> str | None:
-    nonnull = s.dropna()
-    if nonnull.empty: return "all values are missing"
-    if len(nonnull) > 1 and nonnull.nunique() == 1: return "constant: a single value"
-    if len(s) >= 20 and nonnull.nunique() >= 0.95 * len(s):
-        if typ == "category" or (typ == "integer" and re.search(r"(^|_)id$|^id|_id_|number$", name, re.I)):
-            return "ID-like: a different value in nearly every row"
-    try:
-        if s.equals(y) or (pd.api.types.is_numeric_dtype(s) and pd.api.types.is_numeric_dtype(y) and len(s) > 1
-                           and np.allclose(s.to_numpy(float), y.to_numpy(float), equal_nan=True)):
-            return "leaks the target: identical to it"
-    except (TypeError, ValueError): pass
-    return None
-
-def _pair_locations(features: dict, margin: float, frame: pd.DataFrame) -> list:
-    lats = [n for n, f in features.items() if f.type == "latitude"]
-    lons = [n for n, f in features.items() if f.type == "longitude"]
-    stem = lambda n, rx: rx.sub(lambda m: m.group(1) + "@" + m.group(3), n).lower()
-    groups = []
-    for lat in lats:
-        match = [lon for lon in lons if stem(lon, _LON_RE) == stem(lat, _LAT_RE)]
-        if not match: continue
-        lon = match[0]
-        la, lo = frame[lat].dropna(), frame[lon].dropna()
-        min_lat, max_lat = _widen(float(la.min()), float(la.max()), margin / 2, (-90.0, 90.0))
-        min_lon, max_lon = _widen(float(lo.min()), float(lo.max()), margin / 2, (-180.0, 180.0))
-        groups.append(Location(lat, lon, {"min_lat": min_lat, "max_lat": max_lat, "min_lon": min_lon, "max_lon": max_lon}))
-    return groups
-
-def infer_spec(df: pd.DataFrame, # the data, target column included
-               target: str, # the column to predict
-               task: str | None = None, # "regression" or "classification"; inferred when None
-               margin: float = 0.1, # how far past the observed range a valid value may lie, as a share of the span
-               max_categories: int = 50, # categories kept per column; rarer ones are encoded as "other"
-              ) -> FeatureSpec:
-    "A first draft of the input contract, inferred from the data."
-    if df is None or len(df) == 0 or len(df.columns) == 0: raise DataError("The data is empty: no rows to infer a spec from.", code="empty_data")
-    if target not in df.columns:
-        raise DataError(f"The target '{target}' is not a column of the data; columns are: {', '.join(map(str, df.columns[:30]))}.",
-                        code="unknown_target")
-    y = df[target]
-    if y.notna().sum() == 0: raise DataError(f"The target '{target}' has no values.", code="empty_target")
-    task = task or infer_task(y)
-    if task not in TASKS: raise UsageError(f"--task must be regression or classification, not '{task}'.")
-    classes = None
-    if task == "classification":
-        classes = sorted(map(str, y.dropna().unique()))
-        if len(classes) < 2: raise DataError(f"The target '{target}' has a single class ({classes[0]}); classification needs two or more.", code="single_class")
-    elif not pd.api.types.is_numeric_dtype(y): raise DataError(f"A regression target must be numeric; '{target}' holds {y.dtype} values.", code="non_numeric_target")
-    features, drop = {}, {}
-    for name in df.columns:
-        if name == target: continue
-        s = df[name]
-        if _holds_containers(s): drop[str(name)] = "holds lists or mappings, not single values"; continue
-        typ, s, note = _infer_type(str(name), s)
-        reason = _drop_reason(str(name), s, y, typ)
-        if reason: drop[str(name)] = reason; continue
-        if typ in NUMERIC_TYPES: features[str(name)] = _numeric_feature(str(name), typ, s, margin, note)
-        elif typ == "category": features[str(name)] = _category_feature(str(name), s, max_categories)
-        elif typ == "boolean":
-            mode = bool(s.dropna().astype(str).str.lower().isin(_TRUE | {"1.0"}).mean() >= 0.5)
-            miss = s.isna().mean()
-            features[str(name)] = Feature(str(name), "boolean", required=bool(miss == 0), default=mode if miss else None,
-                                          impute="most_frequent" if miss else None, note=f"{miss:.1%} missing" if miss else None)
-        else:
-            miss = s.isna().mean()
-            features[str(name)] = Feature(str(name), "datetime", required=bool(miss == 0), parts=["hour", "weekday", "month"],
-                                          note="becomes hour, weekday and month" + (f"; {miss:.1%} missing" if miss else ""))
-    if not features: raise DataError("No usable feature: every column was dropped (" + "; ".join(f"{k}: {v}" for k, v in drop.items()) + ").", code="no_features")
-    return FeatureSpec(Target(str(target), task, classes), features, _pair_locations(features, margin, df), [], drop)
 
 # %% ../nbs/01_spec.ipynb #10c35867
 def _with_derived(spec: FeatureSpec, d: Derived) -> FeatureSpec:
@@ -645,7 +357,8 @@ def _with_derived(spec: FeatureSpec, d: Derived) -> FeatureSpec:
 
 def add_distance(self: FeatureSpec, name: str, lat: str, lon: str, points: dict) -> FeatureSpec:
     "Add `name`: kilometres from (`lat`, `lon`) to the nearest of `points` ({label: [lat, lon]})."
-    return _with_derived(self, Derived("distance", name, lat=lat, lon=lon, points={k: [float(a), float(b)] for k, (a, b) in points.items()}))
+    points = {k: [float(a), float(b)] for k, (a, b) in points.items()}
+    return _with_derived(self, Derived("distance", name, lat=lat, lon=lon, points=points))
 
 def add_haversine(self: FeatureSpec, name: str, lat: str, lon: str, to_lat: str, to_lon: str) -> FeatureSpec:
     "Add `name`: kilometres between two points of the record."
@@ -656,7 +369,7 @@ def add_ratio(self: FeatureSpec, name: str, numerator: str, denominator: str) ->
     return _with_derived(self, Derived("ratio", name, numerator=numerator, denominator=denominator))
 
 def add_lookup(self: FeatureSpec, key: str, # the category column holding the key
-               table: pd.DataFrame, # the lookup table
+               table: "pd.DataFrame", # the lookup table
                name: str, # the table's name (saved as reference/<name>.parquet in a bundle)
                columns: dict, # {table column: new feature name}
                table_key: str | None = None, # the table's key column, when it is named differently from `key`
@@ -665,9 +378,20 @@ def add_lookup(self: FeatureSpec, key: str, # the category column holding the ke
     "Bring columns of `table` into each record by its `key`; a missing key gives missing values (then imputed)."
     tk = table_key or key
     missing = [c for c in [tk, *columns] if c not in table.columns]
-    if missing: raise SpecError(f"Lookup table '{name}' has no column(s) {', '.join(missing)}.")
+    if missing: _refuse([f"table: the lookup table '{name}' has no column(s) {', '.join(missing)}"], "derived")
     self.tables[name] = table[[tk, *columns]].drop_duplicates(tk).reset_index(drop=True)
-    return _with_derived(self, Derived("lookup", key=key, table=name, table_key=table_key, columns=dict(columns), source=source))
+    d = Derived("lookup", key=key, table=name, table_key=table_key, columns=dict(columns), source=source)
+    return _with_derived(self, d)
 
 FeatureSpec.add_distance, FeatureSpec.add_haversine = add_distance, add_haversine
 FeatureSpec.add_ratio, FeatureSpec.add_lookup = add_ratio, add_lookup
+
+# %% ../nbs/01_spec.ipynb #ae6b94c3
+def __getattr__(name: str):
+    "Inference lives in `mlprod.spec_infer` (it needs pandas): imported on first use of one of its names."
+    if name in ("infer_spec", "infer_task"):
+        from mlprod import spec_infer
+        return getattr(spec_infer, name)
+    raise AttributeError(f"module 'mlprod.spec' has no attribute {name!r}")
+
+from . import spec_file as _spec_file  # noqa: E402 — attaches to_yaml, from_yaml, save and load to FeatureSpec

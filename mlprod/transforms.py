@@ -18,11 +18,13 @@ from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import DataError, SpecError
-from .spec import FeatureSpec, Feature, Derived, EARTH_RADIUS_KM, haversine_km
+from .spec import FeatureSpec, Feature, Derived, haversine_km
+from .spec_infer import normalize_frame
+from .record import MISSING, OTHER, TRUE_STRINGS, _Plan, check_state, transform_one
 
 # %% auto #0
-__all__ = ['OTHER', 'MISSING', 'Clipper', 'Log1p', 'numeric_columns', 'category_columns', 'prepare_frame', 'SpecTransformer',
-           'transform_record', 'to_state', 'from_state', 'record_strategy']
+__all__ = ['Clipper', 'Log1p', 'numeric_columns', 'category_columns', 'prepare_frame', 'SpecTransformer', 'transform_record',
+           'to_state', 'from_state', 'record_strategy']
 
 # %% ../nbs/02_transforms.ipynb #85ae0be1
 class _AllowNaN:
@@ -56,17 +58,7 @@ class Log1p(_AllowNaN, OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", copy=True)
         return np.log1p(np.maximum(X, 0))
 
-# %% ../nbs/02_transforms.ipynb #eead5eff
-def _haversine_one(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    "The same formula in plain floats, for the single-record path."
-    p1, l1, p2, l2 = math.radians(lat1), math.radians(lon1), math.radians(lat2), math.radians(lon2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin((l2 - l1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(math.sqrt(min(a, 1.0)))
-
 # %% ../nbs/02_transforms.ipynb #134b5668
-OTHER, MISSING = "__other__", "__missing__"
-_TRUE_STRINGS = {"true", "yes", "1", "t", "y", "1.0"}
-
 def numeric_columns(spec: FeatureSpec) -> list[str]:
     "The numeric model inputs a spec produces, in output order: inputs, datetime parts, then derived features."
     cols = []
@@ -100,7 +92,7 @@ def _as_category(s: pd.Series, f: Feature) -> np.ndarray:
 def _as_bool(s: pd.Series) -> np.ndarray:
     if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s): return s.astype(float).to_numpy()
     low = s.astype(str).str.strip().str.lower()
-    return np.where(s.isna(), np.nan, low.isin(_TRUE_STRINGS).astype(float))
+    return np.where(s.isna(), np.nan, low.isin(TRUE_STRINGS).astype(float))
 
 def _datetime_parts(s: pd.Series, parts: list) -> dict:
     dt = s if pd.api.types.is_datetime64_any_dtype(s) else pd.to_datetime(s, errors="coerce", format="mixed")
@@ -116,16 +108,19 @@ def _lookup_map(table: pd.DataFrame, d: Derived) -> dict:
     key = d.table_key or d.key
     cols = list(d.columns)
     vals = table[cols].apply(pd.to_numeric, errors="coerce").astype(float).to_numpy()
-    return {str(k): tuple(map(float, row)) for k, row in zip(table[key].astype(str), vals)}
+    return {str(k): tuple(map(float, row)) for k, row in zip(_as_strings(table[key]), vals)}
 
 def prepare_frame(spec: FeatureSpec, df: pd.DataFrame, lookups: dict) -> pd.DataFrame:
     "The numeric and category columns of `numeric_columns` / `category_columns`, computed from raw inputs."
     missing = [c for c in spec.features if c not in df.columns]
     if missing: raise DataError(f"The data lacks the spec's input column(s): {', '.join(missing)}.", code="missing_columns")
+    df = normalize_frame(df[list(spec.features)], spec)  # placeholders → missing, text stripped
     out = {}
     for name, f in spec.features.items():
         s = df[name]
-        if f.numeric: out[name] = pd.to_numeric(s, errors="coerce").astype(float).to_numpy()
+        if f.numeric:
+            x = pd.to_numeric(s, errors="coerce").astype(float).to_numpy()
+            out[name] = x if f.expect is None else np.clip(x, *f.expected_range)  # as validation clips a record
         elif f.type == "boolean": out[name] = _as_bool(s)
         elif f.type == "datetime": out.update({f"{name}_{p}": v for p, v in _datetime_parts(s, f.parts).items()})
     for d in spec.derived:
@@ -205,19 +200,6 @@ class SpecTransformer(TransformerMixin, BaseEstimator):
         return self.feature_names_out_
 
 # %% ../nbs/02_transforms.ipynb #6b6e126a
-def _key_str(v) -> str:
-    "A value as `_as_strings` writes it."
-    if v is None or (isinstance(v, float) and v != v): return MISSING
-    if isinstance(v, float) and v.is_integer(): return str(int(v))
-    return str(v)
-
-def _dt_parts(v, parts) -> list:
-    if v is None: return [math.nan] * len(parts)
-    try: t = v if isinstance(v, datetime) else datetime.fromisoformat(str(v).strip().replace("Z", "+00:00"))
-    except ValueError: return [math.nan] * len(parts)
-    get = {"hour": t.hour, "weekday": t.weekday(), "month": t.month, "day": t.day, "year": t.year, "minute": t.minute}
-    return [float(get[p]) for p in parts]
-
 def _compile(self: SpecTransformer) -> dict:
     "The fitted preprocessing as plain JSON-able lists: what `transform_record` and the bundle's fastpath/ use."
     ct, numeric = self.pipeline_, []
@@ -235,38 +217,6 @@ def _compile(self: SpecTransformer) -> dict:
 SpecTransformer._compile = _compile
 
 # %% ../nbs/02_transforms.ipynb #67b82dce
-class _Plan:
-    "The compiled state, arranged for a fast walk: tuples and dicts only."
-    def __init__(self, spec: FeatureSpec, state: dict):
-        self.n = len(state["names"])
-        self.inputs = [(n, 0 if f.numeric else 1 if f.type == "boolean" else 2, f.parts) for n, f in spec.features.items()
-                       if f.type != "category"]
-        self.derived = spec.derived
-        self.lookups = {t: {k: tuple(math.nan if x is None else x for x in v) for k, v in m.items()} for t, m in state["lookups"].items()}
-        self.numeric = [tuple(r) for r in state["numeric"]]
-        self.categories, offset = [], len(self.numeric)
-        for col, levels in state["categories"]:
-            f = spec.features[col]
-            self.categories.append((col, offset, {lv: j for j, lv in enumerate(levels)}, None if f.default is None else str(f.default),
-                                    f.unknown == "encode"))
-            offset += len(levels)
-
-def _derive(plan: _Plan, vals: dict, record: dict):
-    nan = math.nan
-    for d in plan.derived:
-        if d.kind == "lookup":
-            row = plan.lookups[d.table].get(_key_str(record.get(d.key)))
-            for i, col in enumerate(d.columns.values()): vals[col] = nan if row is None else row[i]
-        elif d.kind == "distance":
-            la, lo = vals[d.lat], vals[d.lon]
-            vals[d.name] = nan if la != la or lo != lo else min(_haversine_one(la, lo, p[0], p[1]) for p in d.points.values())
-        elif d.kind == "haversine":
-            a, b, c, e = vals[d.lat], vals[d.lon], vals[d.to_lat], vals[d.to_lon]
-            vals[d.name] = nan if a != a or b != b or c != c or e != e else _haversine_one(a, b, c, e)
-        else:
-            num, den = vals[d.numerator], vals[d.denominator]
-            vals[d.name] = nan if den == 0 else num / den
-
 def transform_record(self: SpecTransformer, record: dict, # a cleaned record, as `FeatureSpec.validate_record` returns it
                     ) -> np.ndarray:
     "One record to the model's input row, without pandas: the same numbers as `transform` on a one-row frame."
@@ -274,28 +224,7 @@ def transform_record(self: SpecTransformer, record: dict, # a cleaned record, as
     if plan is None:
         check_is_fitted(self, "state_")
         plan = self._plan = _Plan(self.spec, self.state_)
-    nan, vals = math.nan, {}
-    for name, kind, parts in plan.inputs:
-        v = record.get(name)
-        if kind == 0: vals[name] = nan if v is None else float(v)
-        elif kind == 1: vals[name] = nan if v is None else float(v is True or (v is not False and str(v).strip().lower() in _TRUE_STRINGS))
-        else: vals.update(zip((f"{name}_{p}" for p in parts), _dt_parts(v, parts)))
-    if plan.derived: _derive(plan, vals, record)
-    out = [0.0] * plan.n
-    for i, (col, fill, lo, hi, log, scale) in enumerate(plan.numeric):
-        x = vals[col]
-        if x != x: x = fill
-        if lo is not None: x = min(max(x, lo), hi)
-        if log: x = math.log1p(max(x, 0.0))
-        if scale is not None: x = (x - scale[1]) / scale[2] if scale[0] == "standard" else x * scale[1] + scale[2]
-        out[i] = x
-    for col, offset, levels, default, encode in plan.categories:
-        s = _key_str(record.get(col))
-        if s == MISSING and default is not None: s = default
-        j = levels.get(s)
-        if j is None and encode and s != MISSING: j = levels.get(OTHER)
-        if j is not None: out[offset + j] = 1.0
-    return np.array(out)
+    return transform_one(plan, record)
 
 def to_state(self: SpecTransformer) -> dict:
     "The fitted state as plain JSON data (the bundle's `fastpath/transform.json`)."
@@ -304,9 +233,9 @@ def to_state(self: SpecTransformer) -> dict:
 
 def from_state(spec: FeatureSpec, state: dict) -> SpecTransformer:
     "A transformer that serves `transform_record` from saved state, without the scikit-learn pipeline."
-    if not isinstance(state, dict) or state.get("format") != 1: raise SpecError("Unknown transform state format.")
     t = SpecTransformer(spec)
-    t.state_, t.feature_names_out_ = state, np.array(state["names"], dtype=object)
+    t.state_ = check_state(state)
+    t.feature_names_out_ = np.array(state["names"], dtype=object)
     t.n_features_out_ = len(state["names"])
     return t
 
@@ -315,12 +244,15 @@ SpecTransformer.from_state = staticmethod(from_state)
 
 # %% ../nbs/02_transforms.ipynb #2645ac89
 def record_strategy(spec: FeatureSpec):
-    "A hypothesis strategy of valid records for `spec` (optional fields sometimes absent)."
+    "A hypothesis strategy of valid records for `spec` (optional fields sometimes absent, numbers sometimes clipped)."
     from hypothesis import strategies as st
     def value(f: Feature):
-        if f.numeric:
-            lo = -1e6 if f.min is None else f.min
-            hi = 1e6 if f.max is None else f.max
+        if f.numeric:  # past the expected range too (validation clips those), inside the hard limits
+            lo, hi = {"latitude": (-90, 90), "longitude": (-180, 180)}.get(f.type, (-1e6, 1e6))
+            if f.expect is not None:
+                pad = 0.2 * ((f.expect[1] - f.expect[0]) or 1.0)
+                lo, hi = max(lo, f.expect[0] - pad), min(hi, f.expect[1] + pad)
+            lo, hi = max(lo, f.min if f.min is not None else lo), min(hi, f.max if f.max is not None else hi)
             if f.type == "integer": return st.integers(int(math.ceil(lo)), int(math.floor(hi)))
             return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
         if f.type == "boolean": return st.booleans()

@@ -72,8 +72,9 @@ def test_spec_infer_writes_a_spec_a_person_would_accept(deliveries, tmp_path):
     assert set(spec.drop) == {"order_id", "country"}
     assert "ID-like" in spec.drop["order_id"] and "constant" in spec.drop["country"]
     assert [(g.lat, g.lon) for g in spec.location] == [("store_lat", "store_lng")]
-    region = spec.location[0].region
-    assert region["min_lat"] <= 52.30 and region["max_lat"] >= 52.42 and region["min_lat"] > 52.0
+    assert spec.location[0].region is None  # a region is a hard limit a person declares; inference writes expectations
+    lo, hi = spec["store_lat"].expect
+    assert lo <= 52.30 and hi >= 52.42 and lo > 52.0
     assert "non-numeric" in spec["weight_kg"].note and not spec["weight_kg"].required
     assert not spec["items"].required and spec["items"].default in range(1, 9)
     assert set(spec["channel"].categories) == {"web", "app", "phone", "fax"} and "rare" in spec["channel"].note

@@ -176,7 +176,7 @@ def small_bundle(tmp_path_factory):
     from palmerpenguins import load_penguins
     df = load_penguins()
     df.loc[5, "island"] = "Atlantis"  # not a category the model knows
-    df.loc[9, "bill_length_mm"] = -4.0  # outside the valid range
+    df.loc[9, "flipper_length_mm"] = -4.0  # below the hard limit of a count (a value past the expected range is clipped)
     df.to_csv(tmp / "penguins.csv", index=False)
     return tmp
 
@@ -194,7 +194,7 @@ def test_train_writes_report_spec_and_predict_scores(small_bundle):
     # rows that fail validation get no prediction and the reason; missing optional values get their defaults
     bad = scored[scored.prediction.isna()]
     assert list(bad.index) == [5, 9]
-    assert "Atlantis" in bad.prediction_error[5] and "bill_length_mm" in bad.prediction_error[9]
+    assert "Atlantis" in bad.prediction_error[5] and "flipper_length_mm" in bad.prediction_error[9]
     truth = pd.read_csv(tmp / "penguins.csv")["species"]
     assert (scored.prediction.dropna() == truth[scored.prediction.notna()]).mean() > 0.9
 
