@@ -169,10 +169,11 @@ def test_a_bad_config_exits_2_listing_every_problem_and_writes_nothing(tmp_path,
     before = sorted(tmp_path.rglob("*"))
     p = mlprod("tune", trips, "--target", "duration_min", "--config", name, "-o", "trips.bundle", cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    problems = [line.strip() for line in p.stderr.splitlines() if line.startswith("  ")]
-    assert sorted(line.split(": ", 1)[0] for line in problems) == sorted(paths), problems
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: config_invalid: {name} has {len(paths)} problem(s)"), last
+    head = f"error: config_invalid: {name} is not valid ({len(paths)} problems): "
+    assert last.startswith(head) and last.endswith("."), last
+    problems = last[len(head):-1].split("; ")
+    assert sorted(line.split(": ", 1)[0] for line in problems) == sorted(paths), problems
     assert sorted(tmp_path.rglob("*")) == before  # no spec, no run folder, no bundle
 
 
