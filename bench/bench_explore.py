@@ -11,14 +11,16 @@ the frame itself). Contenders:
   plot, suggestions, one HTML file;
 - ``pandas+seaborn``: what a notebook does by hand — ``df.describe(include="all")``, ``df.isna().mean()``, a Pearson
   and Spearman correlation matrix and a seaborn pairplot of five columns on a 5,000-row sample, saved as PNG;
-- ``ydata-profiling`` (``minimal=True``), when ``--ydata-python`` names an interpreter that has it (it needs
-  pandas < 3, so it lives in its own virtualenv);
+- ``ydata-profiling`` (``minimal=True``) and ``sweetviz`` (``analyze`` with the target, then ``show_html``), when
+  ``--ydata-python`` / ``--sweetviz-python`` name an interpreter that has them (both need pandas < 3, so each lives in
+  its own virtualenv: ``python3.11 -m venv V && V/bin/pip install ydata-profiling "pandas<3" "setuptools<81"``);
 - ``mlprod CLI, parquet`` and ``mlprod CLI, csv``: ``mlprod explore FILE --target price -o ...`` in a subprocess on
   the same frame written to disk (writing is not timed): reading the file, inferring the spec, the report and the
   spec file — what a user waits for.
 
-The bars this must meet (INTERFACES.md): the mlprod report under 60 s and under 4 GiB on the 2-core machine.
-Not part of CI.
+The bars this must meet: the mlprod report end to end (the CLI runs) under 20 s and under 1.5 GiB on the 2-core
+machine (issue 16; INTERFACES.md's older bar is 60 s and 4 GiB). The machine is shared: the load average is printed
+before and after; run it twice. Not part of CI.
 """
 from __future__ import annotations
 
@@ -88,6 +90,11 @@ g.figure.savefig(os.path.join(OUT, "baseline_pairplot.png"), dpi=96); plt.close(
 from ydata_profiling import ProfileReport
 ProfileReport(df, minimal=True, progress_bar=False).to_file(os.path.join(OUT, "ydata_report.html"))
 ''',
+    "sweetviz": '''
+import sweetviz
+sweetviz.analyze(df, target_feat="price", pairwise_analysis="off").show_html(os.path.join(OUT, "sweetviz_report.html"),
+                                                                             open_browser=False, layout="vertical")
+''',
 }
 
 CHILD = '''
@@ -132,7 +139,7 @@ def run_cli(fmt: str, rows: int, out: str) -> dict:
     data = os.path.join(out, f"frame.{fmt}")
     if not os.path.exists(data):
         subprocess.run([sys.executable, "-c", WRITE_FILES.format(make_frame=MAKE_FRAME), str(rows), out], check=True)
-    p = subprocess.run([sys.executable, "-c", CLI_CHILD, data, os.path.join(out, f"cli_{fmt}.html")],
+    p = subprocess.run([sys.executable, "-c", CLI_CHILD, data, os.path.join(out, f"cli_{fmt}.html")], cwd=out, # the spec goes here
                        capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
     name = f"mlprod CLI, {fmt}"
     line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
@@ -157,6 +164,8 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--ydata-python", default=os.environ.get("BENCH_YDATA_PYTHON"),
                     help="a Python interpreter with ydata-profiling installed (it needs pandas < 3)")
+    ap.add_argument("--sweetviz-python", default=os.environ.get("BENCH_SWEETVIZ_PYTHON"),
+                    help="a Python interpreter with sweetviz installed (it needs pandas < 3)")
     ap.add_argument("--keep", help="folder to keep the reports and images in (a temporary folder otherwise)")
     ap.add_argument("--no-cli", action="store_true", help="skip the two command-line runs (Parquet and CSV files)")
     a = ap.parse_args(argv)
@@ -164,7 +173,10 @@ def main(argv=None):
     Path(out).mkdir(parents=True, exist_ok=True)
     contenders = [("mlprod", sys.executable), ("pandas+seaborn", sys.executable)]
     if a.ydata_python: contenders.append(("ydata-profiling", a.ydata_python))
-    print(f"{a.rows:,} rows × 20 columns, {os.cpu_count()} CPU(s); each contender in a fresh process\n")
+    if a.sweetviz_python: contenders.append(("sweetviz", a.sweetviz_python))
+    load = os.getloadavg()
+    print(f"{a.rows:,} rows × 20 columns, {os.cpu_count()} CPU(s), load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; "
+          "each contender in a fresh process\n")
     results = [run(n, py, a.rows, out) for n, py in contenders]
     if not a.no_cli: results += [run_cli("parquet", a.rows, out), run_cli("csv", a.rows, out)]
     base = next((r for r in results if r["name"] == "pandas+seaborn" and "error" not in r), None)
@@ -177,12 +189,12 @@ def main(argv=None):
         frame = "-" if r["rss_frame_mib"] != r["rss_frame_mib"] else f"{r['rss_frame_mib']:,.0f}"
         print(f"{r['name']:<22}{r['wall_s']:>10.1f}{r['peak_rss_mib']:>16,.0f}{frame:>17}{tr:>12}{mr:>14}")
     ours = [r for r in results if r["name"].startswith("mlprod")]
-    ok = bool(ours) and all("error" not in r and r["wall_s"] < 60 and r["peak_rss_mib"] < 4096 for r in ours)
+    ok = bool(ours) and all("error" not in r and r["wall_s"] < 20 and r["peak_rss_mib"] < 1536 for r in ours)
     print()
     for r in ours:
         if "error" in r: continue
-        print(f"{r['name']}: {r['wall_s']:.1f} s (bar 60 s), peak {r['peak_rss_mib'] / 1024:.2f} GiB (bar 4 GiB)")
-    print(f"{'within' if ok else 'OUTSIDE'} the bars; reports in {out}")
+        print(f"{r['name']}: {r['wall_s']:.1f} s (bar 20 s), peak {r['peak_rss_mib'] / 1024:.2f} GiB (bar 1.5 GiB)")
+    print(f"{'within' if ok else 'OUTSIDE'} the bars; load average at the end {os.getloadavg()[0]:.1f}; reports in {out}")
     return 0 if ok else 1
 
 

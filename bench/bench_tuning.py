@@ -48,7 +48,7 @@ def dataset(name: str, rows: int):
 
 
 def test_score(est, prep) -> float:
-    from mlprod.select import score, predict_output
+    from mlprod.scoring import score, predict_output
     p = prep.problem
     return score(p.metric, prep.y_test, predict_output(est, prep.X_test, p.task, p.n_classes), p.average)
 
@@ -95,7 +95,7 @@ def main():
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from mlprod.tune_trial import prepare_trials
-    from mlprod.select import GREATER_IS_BETTER
+    from mlprod.scoring import GREATER_IS_BETTER
     rows = []
     for name in args.datasets.split(","):
         frame, spec = dataset(name, args.rows)

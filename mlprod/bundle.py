@@ -21,8 +21,7 @@ import pandas as pd
 
 from .errors import BundleError, UsageError, StorageError
 from .spec import FeatureSpec
-from .models import (FittedModel, IntervalCalculator, ProbabilityCalibrator, KerasDense, DenseForward,
-                           compile_fast, _keras)
+from .models import FittedModel, IntervalCalculator, ProbabilityCalibrator, DenseForward, compile_fast
 
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'file_sha256', 'library_versions', 'is_remote', 'write_manifest', 'save_bundle', 'add_report',
@@ -51,7 +50,7 @@ def _version(name: str) -> str | None:
 
 def library_versions(keras: bool = False) -> dict:
     "The versions a bundle records: mlprod, Python and the libraries its files depend on."
-    names = ["mlprod", "numpy", "pandas", "scikit-learn", "scipy", "joblib", "pyarrow"] + (["keras", "tensorflow"] if keras else [])
+    names = ["mlprod", "numpy", "pandas", "scikit-learn", "scipy", "joblib", "pyarrow", "lightgbm"] + (["keras", "tensorflow"] if keras else [])
     out = {"python": platform.python_version()}
     for n in names:
         v = _version(n if n != "tensorflow" else "tensorflow-cpu") or _version(n)
@@ -77,6 +76,7 @@ def _bundle_spec(spec: FeatureSpec) -> FeatureSpec:
 def _write_model(model, root: Path) -> dict:
     "Write the estimator into model/ (and fastpath/model/); return the manifest's `model` entry."
     (root / "model").mkdir()
+    from mlprod.dense import KerasDense
     info = {"class": type(model).__name__}
     if isinstance(model, KerasDense):
         model.model_.save(root / "model" / "model.keras")
@@ -317,7 +317,7 @@ class Bundle:
         self._model = _Lazy(self._load_model)
         if state["kind"] == "interval":
             scale = _Lazy(lambda: self._joblib("confidence/scale.joblib")) if state["has_scale_model"] else None
-            conf = IntervalCalculator(state["coverage"], state["q"], state["w0"], state["scale_floor"], state["n_calibration"], scale)
+            conf = IntervalCalculator.from_state(state, scale)
             scale_fast = self._load_fast(path / "fastpath" / "scale") if (path / "fastpath" / "scale").exists() else None
         else:
             conf = ProbabilityCalibrator(state["classes"], state["method"], state["a"], state["b"], state["n_calibration"])
@@ -338,6 +338,7 @@ class Bundle:
     def _load_model(self):
         info = self.manifest["model"]
         if info["kind"] == "sklearn": return self._joblib("model/model.joblib")
+        from mlprod.dense import KerasDense, _keras
         keras = _keras()
         est = KerasDense(**{k: tuple(v) if k == "hidden" else v for k, v in info["params"].items()})
         est.model_ = keras.saving.load_model(self.path / "model" / "model.keras", compile=False)

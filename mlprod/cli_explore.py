@@ -20,7 +20,7 @@ def _add_explore(sub):
                        description="Profile DATA, draw the first plots, suggest spec changes, and write one HTML file "
                                    "(images embedded, no network needed to open it).")
     _add_data_args(p)
-    p.add_argument("--spec", metavar="FILE", help="the spec to use (default: inferred, written as <output stem>.spec.yaml)")
+    p.add_argument("--spec", metavar="FILE", help="the spec to use (default: inferred, written as <data stem>.spec.yaml here)")
     p.add_argument("-o", "--output", default="report.html", metavar="OUT", help="the HTML report to write (default: report.html)")
     p.add_argument("--sample", type=_positive_int, default=50_000, metavar="N",
                    help="rows drawn for the plots (default 50000); the profile uses every row")
@@ -35,6 +35,15 @@ def _explore_data(uri: str, target: str | None):
         return ex.frame, target or ex.target, ex, str(uri).split(":", 1)[1]
     return read_table(uri), target, None, table_stem(uri)
 
+def _spec_file(data: str, force: bool) -> str:
+    "The inferred spec's file, `<data stem>.spec.yaml` here; one that exists is the dataset's spec: refuse to replace it."
+    from mlprod.data import table_stem
+    path = f"{table_stem(data.split(':', 1)[1] if data.startswith('example:') else data)}.spec.yaml"
+    try: _check_new_file(path, force)
+    except UsageError:
+        raise UsageError(f"{path} exists: explore with it (--spec {path}), or pass --force to infer it again.", code="file_exists") from None
+    return path
+
 def explore(args) -> int:
     "`mlprod explore`: check the outputs, read the data, write the report, then the inferred spec."
     from pathlib import Path
@@ -44,8 +53,7 @@ def explore(args) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".html", ".htm"): raise UsageError(f"OUT must end in .html, not {out.name}.", code="unknown_format")
     _check_new_file(str(out), args.force)
-    spec_out = None if args.spec else str(out.with_name(f"{out.stem}.spec.yaml"))
-    if spec_out: _check_new_file(spec_out, args.force)
+    spec_out = None if args.spec else _spec_file(args.data, args.force)
     spec = FeatureSpec.load(args.spec) if args.spec else None
     if spec is not None and args.target and args.target != spec.target.name:
         raise UsageError(f"--target {args.target} differs from the spec's target {spec.target.name}; the spec is the one source of the target.",
@@ -59,7 +67,8 @@ def explore(args) -> int:
     if spec is None:
         try: spec = example.infer_spec() if example is not None and target == example.target else infer_spec(df, target)
         except DataError as e: problem = e # the report shows the data and says what is wrong; then exit 3
-    explore_report(df, target, spec, out, progress=True, force=args.force, sample=args.sample, title=f"Exploration of {title}")
+    explore_report(df, target, spec, out, progress=True, force=args.force, sample=args.sample, title=f"Exploration of {title}",
+                   spec_path=args.spec or spec_out)
     print(f"wrote {out}")
     if problem is not None:
         raise DataError(f"{problem.message} No spec was written; the report {out} shows the data.", code=problem.code)

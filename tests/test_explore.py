@@ -1,8 +1,9 @@
 """The exploration report end to end: messy data, the HTML file itself, the CLI, and a real browser.
 
-The notebook nbs/03_explore.ipynb tests the pieces; these tests need files, subprocesses or Chromium.
+The notebooks nbs/03_profile, 03a_plots, 03b_relations, 03c_suggest and 03d_explore test the pieces; these tests need files, subprocesses or Chromium.
 """
 import base64
+import html
 import io
 import os
 import re
@@ -146,30 +147,37 @@ def trips_csv(tmp_path_factory):
     return p
 
 
-def test_cli_writes_the_report_and_the_spec(tmp_path, trips_csv):
-    out = tmp_path / "trips.html"
-    r = run_cli(trips_csv, "--target", "fare_usd", "-o", out, "--sample", "1000")
+def test_cli_writes_the_report_and_the_spec_named_after_the_data(tmp_path, trips_csv):
+    out = tmp_path / "report.html"
+    r = run_cli(trips_csv, "--target", "fare_usd", "-o", out, "--sample", "1000", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert_self_contained(out.read_text(encoding="utf-8"))
-    assert (tmp_path / "trips.spec.yaml").exists()
+    text = out.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert (tmp_path / "trips.spec.yaml").exists() and not (tmp_path / "report.spec.yaml").exists()
     lines = r.stderr.splitlines()
     assert lines[0] == "explore [1/10] profile" and lines[-1].startswith(f"explore: wrote {out} in ")
     assert "\r" not in r.stderr # not a terminal: plain lines, no bar
     assert r.stdout.splitlines()[0] == f"wrote {out}"
-    again = run_cli(trips_csv, "--target", "fare_usd", "-o", out)
+    again = run_cli(trips_csv, "--target", "fare_usd", "-o", out, cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.splitlines()[-1].startswith("error: file_exists:")
-    assert run_cli(trips_csv, "--target", "fare_usd", "-o", out, "--force", "--sample", "1000").returncode == 0
+    assert run_cli(trips_csv, "--target", "fare_usd", "-o", out, "--force", "--sample", "1000", cwd=tmp_path).returncode == 0
+    # the program under the suggestions runs as shown, in the folder the command ran in, and changes the spec file
+    program = html.unescape(re.search(r"<pre><code>(from mlprod.explore import Suggestion.*?)</code></pre>", text, re.S).group(1))
+    before = (tmp_path / "trips.spec.yaml").read_text()
+    ran = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert "suggestion(s) applied to trips.spec.yaml" in ran.stdout and (tmp_path / "trips.spec.yaml").read_text() != before
 
 
 def test_cli_exit_statuses(tmp_path, trips_csv):
-    r = run_cli(trips_csv, "--target", "nope", "-o", tmp_path / "r.html")
+    r = run_cli(trips_csv, "--target", "nope", "-o", tmp_path / "r.html", cwd=tmp_path)
     assert r.returncode == 3 and r.stderr.splitlines()[-1].startswith("error: unknown_target:")
     (tmp_path / "empty.csv").write_text("")
-    assert run_cli(tmp_path / "empty.csv", "--target", "y", "-o", tmp_path / "r.html").returncode == 3
-    assert run_cli(trips_csv, "-o", tmp_path / "r.html").returncode == 2
+    assert run_cli(tmp_path / "empty.csv", "--target", "y", "-o", tmp_path / "r.html", cwd=tmp_path).returncode == 3
+    assert run_cli(trips_csv, "-o", tmp_path / "r.html", cwd=tmp_path).returncode == 2
     nan_target = tmp_path / "nan.csv"
     messy_frame(200).assign(fare_usd=np.nan).to_csv(nan_target, index=False)
-    r = run_cli(nan_target, "--target", "fare_usd", "-o", tmp_path / "nan.html")
+    r = run_cli(nan_target, "--target", "fare_usd", "-o", tmp_path / "nan.html", cwd=tmp_path)
     assert r.returncode == 3 and "error: empty_target:" in r.stderr.splitlines()[-1]
     assert "has no values" in (tmp_path / "nan.html").read_text() and not (tmp_path / "nan.spec.yaml").exists()
     assert not (tmp_path / "r.html").exists()
@@ -212,11 +220,12 @@ def test_every_image_loads_in_headless_chromium(tmp_path):
 
 def test_importing_explore_is_cheap_and_chooses_no_backend():
     "matplotlib, seaborn and tqdm load with the first plot, never at import; no backend is forced."
-    code = ("import json, sys, mlprod.explore; "
+    code = ("import json, sys, mlprod.explore, mlprod.profile, mlprod.plots, mlprod.relations, mlprod.suggest; "
             "print(json.dumps(sorted(m for m in ('matplotlib', 'matplotlib.pyplot', 'seaborn', 'tqdm', 'tensorflow') if m in sys.modules)))")
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
-    src = Path(__file__).resolve().parents[1] / "mlprod" / "explore.py"
-    assert not re.search(r"""\.use\(\s*["']agg""", src.read_text(), re.I) # the inline backend must stay possible
+    for name in ("profile", "plots", "relations", "suggest", "explore"): # the inline backend must stay possible
+        src = Path(__file__).resolve().parents[1] / "mlprod" / f"{name}.py"
+        assert not re.search(r"""\.use\(\s*["']agg""", src.read_text(), re.I), name

@@ -102,7 +102,7 @@ def test_sigkill_halfway_then_resume_loses_and_reruns_nothing(tmp_path, trips):
 
 
 def test_a_trial_from_the_package_reports_the_in_process_metric(tmp_path, trips):
-    from mlprod.select import load_training_data, training_spec
+    from mlprod.trainjob import load_training_data, training_spec
     from mlprod.task import read_hypertune
     from mlprod.tune_trial import prepare_trials, run_trial, load_trial_model, predict_output
     p = mlprod("package", "-o", tmp_path / "dist", cwd=tmp_path)
@@ -180,7 +180,7 @@ def test_a_bad_config_exits_2_listing_every_problem_and_writes_nothing(tmp_path,
 def test_the_job_notebook_tunes_and_keeps_its_results(tmp_path):
     import papermill as pm
     import nbformat
-    from mlprod.select import job_path
+    from mlprod.trainjob import job_path
     from mlprod.tune_config import example_config
     (tmp_path / "hp.yaml").write_text(example_config("linear", metric="roc_auc", max_trials=3).replace("maxParallelTrials: 2", "maxParallelTrials: 1"))
     out = tmp_path / "penguins.bundle"
