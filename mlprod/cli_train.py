@@ -206,6 +206,7 @@ def run_train_job(params: dict, output: str, force: bool = False, verbose: bool 
     from pathlib import Path
     import papermill as pm
     from mlprod.bundle import add_report, is_remote, publish_bundle, load_bundle
+    from mlprod.registry import sign_if_configured
     from mlprod.trainjob import job_path
     parent = None if is_remote(output) else Path(output).absolute().parent
     if parent is not None: parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,7 @@ def run_train_job(params: dict, output: str, force: bool = False, verbose: bool 
                                 kernel_name="python3", progress_bar=False, log_output=True, cwd=os.getcwd())
         shutil.copyfile(log, bundle_dir / "train.log")
         add_report(bundle_dir, report)
+        sign_if_configured(bundle_dir)  # signs when a key is configured (mlprod.registry)
         publish_bundle(bundle_dir, output, force=force)
     except pm.PapermillExecutionError as e:
         kept = Path(tempfile.gettempdir()) / f"mlprod-train-failed-{os.getpid()}"

@@ -115,7 +115,8 @@ class VertexStandIn:
 
     def _predict(self, endpoint: dict, instances: list):
         name = endpoint["name"]
-        if self._fail.get(name): return self._fail[name], {"error": {"code": self._fail[name], "message": "unavailable"}}
+        if self._fail.get(name):
+            return self._fail[name], {"error": {"code": self._fail[name], "message": "unavailable"}}
         split = endpoint.get("trafficSplit") or {}
         if not split: return 400, {"error": {"code": 9, "message": "the endpoint has no deployed model"}}
         deployed = max(split, key=lambda k: (split[k], k))
@@ -151,12 +152,16 @@ class VertexStandIn:
         for m, pattern, fn in _ROUTES:
             match = re.fullmatch(pattern, path) if m == method else None
             if match: return fn(self, match, body)
-        return 404, {"error": {"code": 404, "message": f"the stand-in has no route {method} {path}", "status": "NOT_FOUND"}}
+        return _not_found(f"the stand-in has no route {method} {path}")
+
+
+def _not_found(message: str) -> tuple:
+    return 404, {"error": {"code": 404, "message": message, "status": "NOT_FOUND"}}
 
 
 def _get(self, match, body):
     res = self.resources.get(match["name"].split("@")[0])  # models/1@2 names version 2 of model 1
-    if res is None: return 404, {"error": {"code": 404, "message": f"{match['name']} not found", "status": "NOT_FOUND"}}
+    if res is None: return _not_found(f"{match['name']} not found")
     if "/customJobs/" in match["name"] or "/hyperparameterTuningJobs/" in match["name"]:
         if res.get("state") in ("JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING"):
             kind = "customJobs" if "/customJobs/" in match["name"] else "hyperparameterTuningJobs"
@@ -181,7 +186,9 @@ def _create_endpoint(self, match, body):
 
 def _set_traffic(endpoint: dict, split: dict | None, new_id: str | None = None):
     if split:
-        endpoint["trafficSplit"] = {(new_id if k == "0" else k): int(v) for k, v in split.items() if int(v) or k != "0"}
+        # "0" names the model being deployed; a new split replaces the old one
+        endpoint["trafficSplit"] = {(new_id if k == "0" else k): int(v) for k, v in split.items()
+                                    if int(v) or k != "0"}
 
 
 def _deploy(self, match, body):
@@ -189,7 +196,7 @@ def _deploy(self, match, body):
     deployed = dict(body["deployedModel"], id=str(next(self._ids)))
     deployed["model"], _, version = deployed["model"].partition("@")
     deployed["modelVersionId"] = version or "1"
-    if deployed["model"] not in self.resources: return 404, {"error": {"code": 404, "message": "no such model"}}
+    if deployed["model"] not in self.resources: return _not_found(f"{deployed['model']} not found")
     endpoint["deployedModels"].append(deployed)
     _set_traffic(endpoint, body.get("trafficSplit"), deployed["id"])
     parent = match["name"].split("/endpoints/")[0]
@@ -215,7 +222,7 @@ def _patch_endpoint(self, match, body):
 
 def _predict(self, match, body):
     endpoint = self.resources.get(match["name"])
-    if endpoint is None: return 404, {"error": {"code": 404, "message": "no such endpoint", "status": "NOT_FOUND"}}
+    if endpoint is None: return _not_found(f"{match['name']} not found")
     return self._predict(endpoint, body.get("instances", []))
 
 
