@@ -1,22 +1,14 @@
 """Tuning and training on Vertex AI, on the wire: google-cloud-aiplatform's own client (REST, `http://`, anonymous
 credentials) against the loopback stand-in (`vertex` fixture), the staging bucket on the GCS emulator (`gcs`).
 
-The stand-in plays the service's part of a job through its `job_outcome` hook: `TrialRunner` downloads the training
-package the job names from the emulator, unpacks it, and runs its `mlprod.task` module once per trial with the
-arguments, `AIP_MODEL_DIR` and hypertune metrics file Vertex AI would give it, so the package, its arguments and the
-metric protocol are all exercised for real. Parameter values are drawn from the request's own `studySpec`.
+The stand-in plays the service's part of a job (`vertex.running_packages()`): it downloads the training package the
+job names from the emulator, unpacks it, and runs its `mlprod.task` module once per trial with the arguments,
+`AIP_MODEL_DIR` and hypertune metrics file Vertex AI would give it, so the package, its arguments and the metric
+protocol are all exercised for real. Parameter values are drawn from the request's own `studySpec`.
 """
 import json
-import math
-import os
-import subprocess
-import sys
-import tarfile
 import tempfile
-import threading
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -39,102 +31,11 @@ trainingInput:
 """
 
 
-class TrialRunner:
-    """The service's side of a job: runs its trials from the staged package, one subprocess each, in a thread.
-
-    Each GET of an unfinished job asks `job_outcome`: the first starts the trials and answers RUNNING; later ones
-    answer RUNNING with the trials finished so far, then SUCCEEDED with all of them (FAILED if the runner broke)."""
-
-    def __init__(self):
-        self.fail = None
-        self.jobs: dict = {}  # job name -> {"thread", "trials", "done"}
-        self.states: list = []  # (job name, state answered)
-        self.runs: list = []  # (args, model dir, stdout, stderr) of every trial run
-        self.code_paths: list = []  # where the unpacked package's mlprod.task was imported from
-
-    def __call__(self, kind: str, job: dict) -> dict:
-        name = job["name"]
-        if name not in self.jobs:
-            self.jobs[name] = {"trials": [], "done": False}
-            threading.Thread(target=self._run, args=(kind, job), daemon=True).start()
-            out = {"state": "JOB_STATE_RUNNING", "startTime": "2026-01-01T00:00:00Z"}
-        else:
-            j = self.jobs[name]
-            out = {"state": "JOB_STATE_RUNNING", "trials": list(j["trials"])}
-            if j["done"]:
-                out = {"state": "JOB_STATE_SUCCEEDED", "trials": list(j["trials"]), "endTime": "2026-01-01T00:10:00Z"}
-                if self.fail: out.update(self.fail)
-        self.states.append((name, out["state"]))
-        return out
-
-    def _run(self, kind: str, job: dict):
-        try: self._trials(kind, job)
-        except Exception as e:  # a bug here must end the job, not leave the client polling
-            self.fail = {"state": "JOB_STATE_FAILED", "error": {"code": 13, "message": f"runner: {type(e).__name__}: {e}"}}
-        self.jobs[job["name"]]["done"] = True
-
-    def _trials(self, kind: str, job: dict):
-        spec = (job["trialJobSpec"] if kind == "hyperparameterTuningJobs" else job["jobSpec"])
-        pool = spec["workerPoolSpecs"][0]["pythonPackageSpec"]
-        code = self._unpack(pool["packageUris"][0])
-        out = spec["baseOutputDirectory"]["outputUriPrefix"]
-        if kind == "customJobs":
-            self._trial(code, pool, [], f"{out}/model", None)
-        else:
-            rng = np.random.default_rng(0)
-            for i in range(int(job["maxTrialCount"])):
-                values = [sample(p, rng) for p in job["studySpec"]["parameters"]]
-                tid = str(i + 1)
-                self.jobs[job["name"]]["trials"].append(self._trial(code, pool, values, f"{out}/{tid}/model", tid, job))
-
-    def _unpack(self, uri: str) -> str:
-        from google.cloud import storage
-        bucket, _, path = uri[len("gs://"):].partition("/")
-        tmp = tempfile.mkdtemp(prefix="vertex-trial-")
-        storage.Client().bucket(bucket).blob(path).download_to_filename(f"{tmp}/pkg.tar.gz")
-        with tarfile.open(f"{tmp}/pkg.tar.gz") as t: t.extractall(tmp, filter="data")
-        code = str(next(Path(tmp).glob("mlprod-*")))
-        where = subprocess.run([sys.executable, "-c", "import mlprod.task; print(mlprod.task.__file__)"], cwd=tmp,
-                               env={**os.environ, "PYTHONPATH": code}, capture_output=True, text=True, timeout=60).stdout
-        self.code_paths.append(where.strip())
-        return code
-
-    def _trial(self, code: str, pool: dict, values: list, model_dir: str, tid, job=None) -> dict:
-        work = tempfile.mkdtemp(prefix="trial-")
-        env = {**os.environ, "PYTHONPATH": code, "AIP_MODEL_DIR": model_dir, "CLOUD_ML_TRIAL_ID": str(tid or 0),
-               "CLOUD_ML_HP_METRIC_FILE": f"{work}/output.metrics"}
-        flags = [f"--{pid}={v}" for pid, v in values]
-        args = [sys.executable, "-m", pool["pythonModule"], *pool["args"], *flags]
-        p = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=240)
-        self.runs.append((pool["args"] + flags, model_dir, p.stdout, p.stderr))
-        trial = {"id": tid, "parameters": [{"parameterId": k, "value": v} for k, v in values],
-                 "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:07Z"}
-        if p.returncode != 0:
-            return dict(trial, state="INFEASIBLE", infeasibleReason=(p.stderr.strip().splitlines() or ["failed"])[-1])
-        if job is None: return dict(trial, state="SUCCEEDED")  # a CustomJob: no study, no measurement
-        metric = job["studySpec"]["metrics"][0]["metricId"]
-        last = json.loads(Path(f"{work}/output.metrics").read_text().strip().splitlines()[-1])
-        return dict(trial, state="SUCCEEDED",
-                    finalMeasurement={"stepCount": last["global_step"], "metrics": [{"metricId": metric, "value": float(last[metric])}]})
-
-
-def sample(p: dict, rng) -> tuple:
-    "A value for one studySpec parameter (enums arrive as integers: scale 2 is log)."
-    if "doubleValueSpec" in p or "integerValueSpec" in p:
-        vs = p.get("doubleValueSpec") or p["integerValueSpec"]
-        lo, hi = float(vs["minValue"]), float(vs["maxValue"])
-        v = math.exp(rng.uniform(math.log(lo), math.log(hi))) if p.get("scaleType") in (2, "UNIT_LOG_SCALE") else rng.uniform(lo, hi)
-        return p["parameterId"], (round(v) if "integerValueSpec" in p else v)
-    values = (p.get("discreteValueSpec") or p["categoricalValueSpec"])["values"]
-    return p["parameterId"], values[int(rng.integers(len(values)))]
-
-
 @pytest.fixture
 def runner(vertex):
-    r = TrialRunner()
-    vertex.job_outcome = r
-    yield r
-    vertex.job_outcome = lambda kind, body: {}
+    "The stand-in runs each job's trials from the staged package (tests/vertex_standin.py, PackageRunner)."
+    with vertex.running_packages() as r:
+        yield r
 
 
 @pytest.fixture
@@ -278,20 +179,20 @@ def test_a_failed_trial_is_named_in_the_error(vertex, gcs, city):
     assert "too many trials failed; trial 2 failed: The replica workerpool0-0 exited" in msg, msg
 
 
-def test_train_backend_vertex_runs_one_custom_job_and_bundles_its_model(vertex, gcs, runner, city, tmp_path):
+def test_train_backend_vertex_runs_one_custom_job_and_bundles_its_model(vertex, gcs, runner, city, tmp_path,
+                                                                        monkeypatch):
     from mlprod.bundle import load_bundle
     from mlprod.cli import capture
     frame, _ = city
     frame.to_csv(tmp_path / "trips.csv", index=False)
     from mlprod.tune_config import example_config
     (tmp_path / "hp.yaml").write_text(example_config("rf").replace("args: [--model=rf]", "args: [--model=rf, --n_estimators=40]"))
-    os.environ["MLPROD_VERTEX_ENDPOINT"], os.environ["MLPROD_VERTEX_POLL"] = vertex.url, "0.2"
-    try:
-        status, out, err = capture("train", tmp_path / "trips.csv", "--target", "duration_min", "--backend", "vertex",
-                                   "--config", tmp_path / "hp.yaml", "--project", vertex.project, "--region", vertex.location,
-                                   "--staging-bucket", f"gs://{gcs.bucket()}", "--machine-type", "e2-standard-4",
-                                   "-o", tmp_path / "trips.bundle")
-    finally: del os.environ["MLPROD_VERTEX_ENDPOINT"], os.environ["MLPROD_VERTEX_POLL"]
+    monkeypatch.setenv("MLPROD_VERTEX_ENDPOINT", vertex.url)
+    monkeypatch.setenv("MLPROD_VERTEX_POLL", "0.2")
+    status, out, err = capture("train", tmp_path / "trips.csv", "--target", "duration_min", "--backend", "vertex",
+                               "--config", tmp_path / "hp.yaml", "--project", vertex.project,
+                               "--region", vertex.location, "--staging-bucket", f"gs://{gcs.bucket()}",
+                               "--machine-type", "e2-standard-4", "-o", tmp_path / "trips.bundle")
     assert status == 0, err
     body = posted(vertex, "customJobs")
     pool = body["jobSpec"]["workerPoolSpecs"][0]
@@ -306,14 +207,3 @@ def test_train_backend_vertex_runs_one_custom_job_and_bundles_its_model(vertex, 
     assert (b.metrics["winner"], b.metrics["tuning"]["where"], b.manifest["model"]["class"]) == ("rf", job, "RandomForestRegressor")
     assert b.metrics["tuning"]["params"] == {"n_estimators": 40}
 
-
-
-# The stand-in is one session fixture for the whole suite (`vertex` in tests/conftest.py). Until that fixture has
-# landed there, this module starts the same stand-in itself; once conftest.py has it, this definition steps aside.
-import conftest  # noqa: E402
-if not hasattr(conftest, "vertex"):
-    @pytest.fixture(scope="session")
-    def vertex(gcs):
-        from vertex_standin import VertexStandIn
-        with VertexStandIn() as standin:
-            yield standin
