@@ -128,7 +128,7 @@ def train_on_vertex(args) -> int:
     "`mlprod train --backend vertex`: one CustomJob training one family with the training package, then its bundle."
     from mlprod.trainjob import load_training_data, training_spec, save_spec_file, spec_path_for
     from mlprod.scoring import check_metric
-    from mlprod.tune import config_family, load_checked_config, bundle_selection
+    from mlprod.tune import config_family, load_checked_config, bundle_selection, write_bundle
     from mlprod.tune_trial import prepare_trials, load_trial_model, family_name, results_table
     from mlprod.tune_vertex import train_vertex
     from mlprod.task import parse_task_args
@@ -154,7 +154,7 @@ def train_on_vertex(args) -> int:
     table = results_table([{"trial": 0, "state": "COMPLETE", "params": best.params, "value": best.value, "seconds": best.seconds}],
                           list(best.params), metric)
     sel = bundle_selection(prep, best, table, args.coverage, {"backend": "vertex", "where": run.job, "family": family, "trials": 1})
-    where = sel.save_bundle(args.output, name=args.name or data.name, force=args.force)
+    where = write_bundle(sel, args.output, name=args.name or data.name, force=args.force)
     print(f"{run.job}: {family} eval {metric} {best.value:.5g}; test " + ", ".join(f"{k} {v:.4g}" for k, v in sel.metrics["test"].items()))
     print(f"wrote {where}")
     return 0

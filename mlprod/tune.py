@@ -19,8 +19,8 @@ from .tune_trial import (TrialData, TrialResult, prepare_trials, load_trial_mode
                                check_param_names)
 
 # %% auto #0
-__all__ = ['config_family', 'config_problems', 'check_config', 'load_checked_config', 'bundle_selection', 'Tuned', 'run_dir_for',
-           'tune']
+__all__ = ['config_family', 'config_problems', 'check_config', 'load_checked_config', 'bundle_selection', 'write_bundle', 'Tuned',
+           'run_dir_for', 'tune']
 
 # %% ../nbs/06y_tune.ipynb #6c12e3df
 def config_family(cfg: TuningConfig, model: str | None = None) -> str:
@@ -113,6 +113,23 @@ def bundle_selection(prep: TrialData, best: TrialResult, results: pd.DataFrame, 
                "target_scale": float(np.std(prep.rows.y_fit)) if p.task == "regression" else 1.0}
     return Selection(lb, best.family, fitted, metrics, testset, prep.spec)
 
+# %% ../nbs/06y_tune.ipynb #2b047934
+def write_bundle(selection: Selection, path, # a local folder or an fsspec URL
+                 name: str, report=None, force: bool = False) -> str:
+    "Write `selection`'s bundle as `mlprod train` does: whole, signed when a key is configured, then moved into place."
+    import shutil, tempfile, uuid
+    from pathlib import Path
+    from mlprod.bundle import is_remote, local_path, publish_bundle
+    from mlprod.registry import sign_if_configured
+    parent = Path(tempfile.gettempdir()) if is_remote(path) else Path(local_path(path)).absolute().parent
+    work = parent / f".{Path(str(path).rstrip('/')).name}.tune-{uuid.uuid4().hex[:8]}"  # beside it: a rename
+    try:
+        selection.save_bundle(work, name=name, report=report)
+        sign_if_configured(work)
+        return publish_bundle(work, path, force=force)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
 # %% ../nbs/06y_tune.ipynb #6a88d7a3
 @dataclass
 class Tuned:
@@ -125,8 +142,8 @@ class Tuned:
     notes: list = field(default_factory=list)
 
     def save_bundle(self, path, name: str, report=None, force: bool = False) -> str:
-        "Write the bundle of the best trial's model (see `mlprod.bundle.save_bundle`)."
-        return self.selection.save_bundle(path, name=name, report=report, force=force)
+        "Write the bundle of the best trial's model, signed when a key is configured (`write_bundle`)."
+        return write_bundle(self.selection, path, name=name, report=report, force=force)
 
     def _repr_html_(self): return self.results._repr_html_()
 

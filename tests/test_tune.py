@@ -31,8 +31,8 @@ trainingInput:
 """
 
 
-def mlprod(*args, cwd, **kw):
-    return subprocess.run([sys.executable, "-m", "mlprod.cli", *map(str, args)], cwd=cwd, env=ENV, capture_output=True,
+def mlprod(*args, cwd, env=ENV, **kw):
+    return subprocess.run([sys.executable, "-m", "mlprod.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=240, **kw)
 
 
@@ -57,6 +57,8 @@ def finished(db: Path) -> dict:
 
 def test_sigkill_halfway_then_resume_loses_and_reruns_nothing(tmp_path, trips):
     import optuna
+    from mlprod.bundle import load_bundle
+    from mlprod.signing import Trust, generate_keys, key_id, load_public_key
     (tmp_path / "hp.yaml").write_text(SLOW_RF)
     target = "duration_min"
     cmd = [sys.executable, "-m", "mlprod.cli", "tune", str(trips), "--target", target, "--config", "hp.yaml", "-o", "trips.bundle"]
@@ -82,8 +84,11 @@ def test_sigkill_halfway_then_resume_loses_and_reruns_nothing(tmp_path, trips):
     running = {t.number: t.user_attrs.get("params") for t in study.trials if t.state.name == "RUNNING"}
     assert not (tmp_path / "trips.bundle").exists()
 
-    p = mlprod("tune", trips, "--target", target, "--config", "hp.yaml", "-o", "trips.bundle", cwd=tmp_path)
+    private, public = generate_keys()  # a signing key configured: the tuned bundle is signed as a trained one is
+    p = mlprod("tune", trips, "--target", target, "--config", "hp.yaml", "-o", "trips.bundle", cwd=tmp_path,
+               env={**ENV, "MLPROD_SIGNING_KEY": private.decode()})
     assert p.returncode == 0, p.stderr[-3000:]
+    assert load_bundle(tmp_path / "trips.bundle", trust=Trust.of(public)).signer == key_id(load_public_key(public))
     assert "resuming: " in p.stderr and f"{len(before)} trial(s) finished" in p.stderr, p.stderr[-2000:]
     after = finished(db)
     for n, trial in before.items(): assert after[n] == trial, n  # nothing finished was lost or changed
