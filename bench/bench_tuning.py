@@ -22,6 +22,7 @@ trials a budget buys moves with it.
 """
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -114,10 +115,12 @@ def main():
             rows.append(row)
             print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     table = pd.DataFrame(rows)
-    text = table.to_markdown(index=False, floatfmt=".4f")
+    command = "python bench/bench_tuning.py " + " ".join(sys.argv[1:])
+    text = (table.to_markdown(index=False, floatfmt=".4f") +
+            f"\n\nbudget {args.budget:g} s per row, {args.jobs} cores, {os.cpu_count()} on the machine (shared and noisy: "
+            f"load_1m is its load when the row finished). Command: `{command.strip()}`")
     print(text)
-    if args.out:
-        Path(args.out).write_text(f"budget {args.budget:g} s, {args.jobs} cores\n\n{text}\n")
+    if args.out: Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -198,3 +198,31 @@ def test_the_job_notebook_tunes_and_keeps_its_results(tmp_path):
     nb = nbformat.read(tmp_path / "executed.ipynb", 4)
     shown = "".join(o.get("data", {}).get("text/plain", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "roc_auc" in shown and "COMPLETE" in shown
+
+
+def test_the_dense_network_is_tunable_trial_to_bundle(tmp_path):
+    "dnn (the tf extra): a trial with parameters from its example space, its trial folder, the bundle it becomes."
+    import yaml
+    from mlprod.bundle import compare_expected, load_bundle
+    from mlprod.data import load_example
+    from mlprod.tune import bundle_selection, check_config, write_bundle
+    from mlprod.tune_config import example_config, parse_tuning_config
+    from mlprod.tune_trial import load_trial_model, prepare_trials, results_table, run_trial, save_trial_model
+    ex = load_example("penguins")
+    spec = ex.infer_spec()
+    cfg = parse_tuning_config(yaml.safe_load(example_config("dnn", metric="roc_auc", max_trials=2)))
+    check_config(cfg, "dnn", spec.task, len(spec.target.classes))  # every name in the example is the network's
+    prep = prepare_trials(ex.frame, spec, "roc_auc", seed=0)
+    params = {"learning_rate": 0.01, "dropout": 0.1, "hidden": "64", "batch_size": 64, "epochs": 40}
+    trial = run_trial(prep, "dnn", params)
+    assert trial.estimator.hidden == (64,) and trial.estimator.epochs == 40 and 0.9 < trial.value <= 1.0, trial
+    save_trial_model(tmp_path / "trials" / "0" / "model", trial)
+    best = load_trial_model(tmp_path / "trials" / "0" / "model")
+    assert best.value == trial.value
+    table = results_table([{"trial": 0, "state": "COMPLETE", "params": params, "value": best.value, "seconds": 1.0}],
+                          list(params), "roc_auc")
+    sel = bundle_selection(prep, best, table, tuning={"backend": "local", "family": "dnn", "trials": 1})
+    b = load_bundle(write_bundle(sel, tmp_path / "penguins.bundle", name="penguins"))
+    assert (b.metrics["winner"], b.metrics["tuning"]["params"]["hidden"]) == ("dnn", [64])
+    replay = compare_expected(b, "record")
+    assert replay["label_mismatches"] == 0 and replay["max_rel_diff"] < 1e-5, replay
