@@ -226,3 +226,34 @@ def test_the_dense_network_is_tunable_trial_to_bundle(tmp_path):
     assert (b.metrics["winner"], b.metrics["tuning"]["params"]["hidden"]) == ("dnn", [64])
     replay = compare_expected(b, "record")
     assert replay["label_mismatches"] == 0 and replay["max_rel_diff"] < 1e-5, replay
+
+
+def test_early_stopping_prunes_trials_that_fall_behind_and_only_then(tmp_path):
+    "enableTrialEarlyStopping on: trials that fall behind at a report are pruned (stumps among them); off: none is."
+    import optuna
+    import yaml
+    from mlprod.data import load_example
+    from mlprod.tune_config import parse_tuning_config
+    from mlprod.tune_local import tune_local
+    ex = load_example("city_trips", n=600, seed=1)
+    space = {"goal": "MINIMIZE", "hyperparameterMetricTag": "rmse", "maxTrials": 8, "maxParallelTrials": 1,
+             "params": [{"parameterName": "max_depth", "type": "DISCRETE", "discreteValues": [1, 12]},
+                        {"parameterName": "n_estimators", "type": "DISCRETE", "discreteValues": [100]},
+                        {"parameterName": "max_features", "type": "DOUBLE", "minValue": 0.5, "maxValue": 1.0}]}
+    states = {}
+    for on in (True, False):
+        hp = dict(space, enableTrialEarlyStopping=on)
+        cfg = parse_tuning_config(yaml.safe_load(yaml.safe_dump({"trainingInput": {"hyperparameters": hp}})))
+        run = tune_local(ex.frame, ex.infer_spec(), cfg, "rf", str(tmp_path / f"on-{on}"), progress="off")
+        states[on] = run.results
+    on, off = states[True], states[False]
+    assert set(off.state) == {"COMPLETE"}, off
+    pruned = on[on.state == "PRUNED"]
+    assert len(pruned) >= 1 and (pruned.max_depth == 1).any(), on  # a forest of stumps falls behind
+    best = on.loc[on[on.state == "COMPLETE"].rmse.idxmin()]
+    assert best.max_depth == 12 and best.rmse == on.rmse.min(), on
+    # the study agrees: the pruned trials stopped after an intermediate report, before their 100 trees
+    study = optuna.load_study(study_name="mlprod-tune", storage=f"sqlite:///{tmp_path / 'on-True' / 'study.db'}")
+    stopped = {t.number: t.intermediate_values for t in study.trials if t.state.name == "PRUNED"}
+    assert sorted(stopped) == sorted(pruned.trial), (stopped, on)
+    assert all(v and max(v) < 100 for v in stopped.values()), stopped
