@@ -130,7 +130,12 @@ def _pruning_reporter(trial_id: int, last: dict):
     return report
 
 def _run_in_worker(trial_id: int, number: int, params: dict, deadline: float) -> dict:
-    "One trial in a worker: its outcome as a plain dict (state COMPLETE, PRUNED or FAIL)."
+    "One trial in a worker: its outcome as a plain dict (state COMPLETE, PRUNED or FAIL), with where and when it ran."
+    started = time.time()
+    out = _trial_outcome(trial_id, number, params, deadline)
+    return dict(out, worker={"pid": os.getpid(), "started": started, "ended": time.time()})
+
+def _trial_outcome(trial_id: int, number: int, params: dict, deadline: float) -> dict:
     from mlprod.tune_trial import run_trial, save_trial_model, Pruned
     if _WORKER["error"]: return {"state": "FAIL", "error": _WORKER["error"], "fatal": True, "seconds": 0.0}
     last = {}
@@ -205,6 +210,7 @@ def _ask(study, cfg, dists: dict):
 def _tell(study, trial, out: dict, start: float):
     from optuna.trial import TrialState
     trial.set_user_attr("seconds", round(out.get("seconds", time.time() - start), 3))
+    if "worker" in out: trial.set_user_attr("worker", out["worker"])  # its process id, start and end
     if out["state"] == "COMPLETE":
         trial.set_user_attr("info", out.get("info", {}))
         study.tell(trial, out["value"])
