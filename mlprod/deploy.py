@@ -107,7 +107,7 @@ def _source(uri: str) -> tuple:
     return fs, root, manifest, raw, sig
 
 def _progress(total: int, desc: str, mode: str):
-    from mlprod.select import Progress
+    from mlprod.budget import Progress
     return Progress(total, desc=desc, mode=mode)
 
 def _sha256(data: bytes) -> str:
@@ -121,7 +121,7 @@ def _verified_copy(store: Store, env: Environment, fs, root, manifest: dict, sig
     bar = _progress(len(manifest["hashes"]) + 1 + signed, f"copy to {env.name}", progress)
     t0 = time.perf_counter()
     try:
-        dest = copy_in(store, fs, root, manifest, signed, on_file=lambda f, n: bar.step(f"{f} ({n:,} bytes)"))
+        dest = copy_in(store, fs, root, manifest, signed, on_file=lambda f, n: bar.step(f, f"{n:,} bytes"))
         t1 = time.perf_counter()
         try: bundle = load_bundle(dest, trust=env.trust)
         except BundleError as e:
