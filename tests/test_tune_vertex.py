@@ -183,16 +183,20 @@ def test_train_backend_vertex_runs_one_custom_job_and_bundles_its_model(vertex, 
                                                                         monkeypatch):
     from mlprod.bundle import load_bundle
     from mlprod.cli import capture
+    from mlprod.signing import Trust, generate_keys
     frame, _ = city
     frame.to_csv(tmp_path / "trips.csv", index=False)
     from mlprod.tune_config import example_config
     (tmp_path / "hp.yaml").write_text(example_config("rf").replace("args: [--model=rf]", "args: [--model=rf, --n_estimators=40]"))
     monkeypatch.setenv("MLPROD_VERTEX_ENDPOINT", vertex.url)
     monkeypatch.setenv("MLPROD_VERTEX_POLL", "0.2")
+    private, public = generate_keys()  # a key configured: the bundle, on a bucket, is signed as mlprod train signs
+    monkeypatch.setenv("MLPROD_SIGNING_KEY", private.decode())
+    bucket = gcs.bucket()
     status, out, err = capture("train", tmp_path / "trips.csv", "--target", "duration_min", "--backend", "vertex",
                                "--config", tmp_path / "hp.yaml", "--project", vertex.project,
-                               "--region", vertex.location, "--staging-bucket", f"gs://{gcs.bucket()}",
-                               "--machine-type", "e2-standard-4", "-o", tmp_path / "trips.bundle")
+                               "--region", vertex.location, "--staging-bucket", f"gs://{bucket}/staging",
+                               "--machine-type", "e2-standard-4", "-o", f"gs://{bucket}/models/trips")
     assert status == 0, err
     body = posted(vertex, "customJobs")
     pool = body["jobSpec"]["workerPoolSpecs"][0]
@@ -203,7 +207,8 @@ def test_train_backend_vertex_runs_one_custom_job_and_bundles_its_model(vertex, 
     job = max(vertex.of_kind("customJobs"), key=lambda k: int(k.rsplit("/", 1)[1]))
     assert [s for name, s in runner.states if name == job][-1] == "JOB_STATE_SUCCEEDED"
     assert gcs.fs().exists(f"{out}/model/model.joblib")  # where AIP_MODEL_DIR pointed the job
-    b = load_bundle(tmp_path / "trips.bundle")
+    b = load_bundle(f"gs://{bucket}/models/trips", trust=Trust.of(public))
+    assert b.signer == next(iter(Trust.of(public).keys))
     assert (b.metrics["winner"], b.metrics["tuning"]["where"], b.manifest["model"]["class"]) == ("rf", job, "RandomForestRegressor")
     assert b.metrics["tuning"]["params"] == {"n_estimators": 40}
 
