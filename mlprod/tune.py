@@ -116,7 +116,7 @@ def bundle_selection(prep: TrialData, best: TrialResult, results: pd.DataFrame, 
 # %% ../nbs/06y_tune.ipynb #2b047934
 def write_bundle(selection: Selection, path, # a local folder or an fsspec URL
                  name: str, report=None, force: bool = False) -> str:
-    "Write `selection`'s bundle as `mlprod train` does: whole, signed when a key is configured, then moved into place."
+    "Write `selection`'s bundle as `mlprod train` does: whole, signed when a key is configured, then put in place."
     import shutil, tempfile, uuid
     from pathlib import Path
     from mlprod.bundle import is_remote, local_path, publish_bundle

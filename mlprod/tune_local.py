@@ -130,7 +130,7 @@ def _pruning_reporter(trial_id: int, last: dict):
     return report
 
 def _run_in_worker(trial_id: int, number: int, params: dict, deadline: float) -> dict:
-    "One trial in a worker: its outcome as a plain dict (state COMPLETE, PRUNED or FAIL), with where and when it ran."
+    "One trial in a worker: its outcome as a plain dict (state COMPLETE, PRUNED or FAIL), where and when it ran."
     started = time.time()
     out = _trial_outcome(trial_id, number, params, deadline)
     return dict(out, worker={"pid": os.getpid(), "started": started, "ended": time.time()})
