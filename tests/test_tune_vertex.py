@@ -7,6 +7,7 @@ job names from the emulator, unpacks it, and runs its `mlprod.task` module once 
 protocol are all exercised for real. Parameter values are drawn from the request's own `studySpec`.
 """
 import json
+import re
 import tempfile
 
 import pandas as pd
@@ -69,6 +70,10 @@ def test_one_yaml_tunes_locally_and_on_vertex_on_the_wire(vertex, gcs, runner, c
     common = [tmp_path / "trips.csv", "--target", "duration_min", "--config", tmp_path / "hptuning_config.yaml"]
     status, out, err = capture("tune", *common, "-o", tmp_path / "local.bundle")
     assert status == 0, err
+    steps = [line for line in err.splitlines() if line.startswith("[mlprod tune] ")]  # the progress, trial by trial
+    assert [line.split(" trial: ")[0] for line in steps] == [f"[mlprod tune] {i}/3" for i in (1, 2, 3)], err
+    assert all(re.search(r" trial: trial \d: (rmse [0-9.]+|pruned)(; best [0-9.]+ \(trial \d\))?$", line)
+               for line in steps), err
     status, out, err = capture("tune", *common, "--spec", tmp_path / "local.spec.yaml", "--backend", "vertex",
                                "--project", vertex.project, "--region", vertex.location,
                                "--staging-bucket", f"gs://{gcs.bucket()}/staging", "-o", tmp_path / "vertex.bundle")
