@@ -11,6 +11,7 @@ import sys
 
 from .cli import command, print_frame, _add_data_args, _check_new_file, _positive_int
 from .errors import MlprodError, UsageError
+from .cli_tune import add_vertex_args, train_on_vertex
 
 # %% auto #0
 __all__ = ['train', 'print_result', 'JobFailed', 'run_train_job']
@@ -54,6 +55,10 @@ def _add_train(sub):
     p.add_argument("-o", "--output", required=True, metavar="BUNDLE", help="where to write the bundle (a folder or gs:// URL)")
     p.add_argument("--force", action="store_true", help="replace BUNDLE (and the inferred spec file) if they exist")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the training job's whole log")
+    p.add_argument("--backend", choices=["local", "vertex"], default="local",
+                   help="local (default): compare --models here; vertex: train one family as a Vertex AI CustomJob (see mlprod tune)")
+    p.add_argument("--config", metavar="FILE", help="with --backend vertex: a tuning config whose trainingInput.args the job gets")
+    add_vertex_args(p)
     p.set_defaults(handler=train)
 
 # %% ../nbs/09c_cli_train.ipynb #211ac0fa
@@ -71,6 +76,7 @@ def _given_spec(args):
 
 def train(args) -> int:
     "`mlprod train`: check the inputs here, run the job notebook, publish the bundle with its report and log."
+    if args.backend == "vertex": return train_on_vertex(args)
     import tempfile
     from mlprod.candidates import parse_candidates
     from mlprod.scoring import check_metric

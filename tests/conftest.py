@@ -7,6 +7,8 @@
   talks to unpatched (REST transport, `http://` endpoint, anonymous credentials: `vertex.init_sdk()`). It keeps models,
   endpoints, jobs and operations in memory; its endpoints predict by loading the uploaded model from the GCS emulator
   (it depends on `gcs`), or forward to a URL. Each test makes its own endpoint with `vertex.create_endpoint()`.
+  Its jobs succeed at once unless `vertex.job_outcome` says otherwise; inside `with vertex.running_packages():` they
+  run the Python package they name from the emulator, trial by trial, as Vertex AI would.
 """
 import os
 import threading

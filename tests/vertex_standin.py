@@ -19,20 +19,35 @@ What it keeps, in memory, per resource name (`projects/P/locations/L/<collection
   the server being down answers 503 UNAVAILABLE), and `standin.fail_predict(endpoint_id, status)` makes it fail.
 - Jobs: a created job is `JOB_STATE_SUCCEEDED` on its first GET unless `standin.job_outcome` (a function of the
   job's body returning the fields to merge, e.g. `{"state": "JOB_STATE_FAILED", "error": {...}}`) says otherwise.
+- Running the code a job names: `with standin.running_packages() as runner:` plays the service's side for real
+  while it is open. A job's first GET starts its trials in a thread and answers RUNNING; each trial downloads the
+  job's `pythonPackageSpec` package from the GCS emulator, unpacks it and runs its module in a subprocess with the
+  job's args, the trial's parameter flags (drawn from the job's own `studySpec`), `AIP_MODEL_DIR` and the hypertune
+  metrics file, as Vertex AI does; later GETs report the trials finished so far, then SUCCEEDED (or FAILED if the
+  runner itself broke). `runner.states`, `runner.runs` and `runner.code_paths` record what happened.
 - `standin.calls`: every request as (method, path, JSON body), for tests that assert what the SDK sent.
 
 Bodies are camelCase; enums go out as names (the SDK reads both); int64 fields as strings.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import math
+import os
+import random
 import re
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 _TYPE = "type.googleapis.com/google.cloud.aiplatform.v1."
 _PARENT = r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
@@ -92,6 +107,14 @@ class VertexStandIn:
     def fail_predict(self, endpoint: str, status: int | None = 503):
         "Make `endpoint`'s predictions fail with HTTP `status` (None: answer again)."
         self._fail[self._full(endpoint, "endpoints")] = status
+
+    @contextlib.contextmanager
+    def running_packages(self, seed: int = 0):
+        "While open, jobs run their Python package for real (`PackageRunner`); yields the runner."
+        runner = PackageRunner(seed)
+        self.job_outcome = runner
+        try: yield runner
+        finally: self.job_outcome = lambda kind, body: {}
 
     def of_kind(self, collection: str) -> dict:
         "The resources of one collection (models, endpoints, customJobs, ...), by name."
@@ -161,6 +184,104 @@ class VertexStandIn:
             match = re.fullmatch(pattern, path) if m == method else None
             if match: return fn(self, match, body)
         return _not_found(f"the stand-in has no route {method} {path}")
+
+
+class PackageRunner:
+    """The service's side of a job: runs its trials from the staged package, one subprocess each, in a thread.
+
+    Installed as the stand-in's `job_outcome` (`VertexStandIn.running_packages`): the first GET of an unfinished job
+    starts the trials and answers RUNNING; later ones answer RUNNING with the trials finished so far, then SUCCEEDED
+    with all of them (FAILED if the runner itself broke)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.fail = None
+        self.jobs: dict = {}  # job name -> {"trials", "done"}
+        self.states: list = []  # (job name, state answered)
+        self.runs: list = []  # (args, model dir, stdout, stderr) of every trial run
+        self.code_paths: list = []  # where the unpacked package's module was imported from
+
+    def __call__(self, kind: str, job: dict) -> dict:
+        name = job["name"]
+        if name not in self.jobs:
+            self.jobs[name] = {"trials": [], "done": False}
+            threading.Thread(target=self._run, args=(kind, job), daemon=True).start()
+            out = {"state": "JOB_STATE_RUNNING", "startTime": "2026-01-01T00:00:00Z"}
+        else:
+            j = self.jobs[name]
+            out = {"state": "JOB_STATE_RUNNING", "trials": list(j["trials"])}
+            if j["done"]:
+                out = {"state": "JOB_STATE_SUCCEEDED", "trials": list(j["trials"]),
+                       "endTime": "2026-01-01T00:10:00Z"}
+                if self.fail: out.update(self.fail)
+        self.states.append((name, out["state"]))
+        return out
+
+    def _run(self, kind: str, job: dict):
+        try: self._trials(kind, job)
+        except Exception as e:  # a bug here must end the job, not leave the client polling
+            self.fail = {"state": "JOB_STATE_FAILED",
+                         "error": {"code": 13, "message": f"runner: {type(e).__name__}: {e}"}}
+        self.jobs[job["name"]]["done"] = True
+
+    def _trials(self, kind: str, job: dict):
+        spec = job["trialJobSpec"] if kind == "hyperparameterTuningJobs" else job["jobSpec"]
+        pool = spec["workerPoolSpecs"][0]["pythonPackageSpec"]
+        code = self._unpack(pool["packageUris"][0], pool["pythonModule"])
+        out = spec["baseOutputDirectory"]["outputUriPrefix"]
+        if kind == "customJobs":
+            self._trial(code, pool, [], f"{out}/model", None)
+            return
+        rng = random.Random(self.seed)
+        for i in range(int(job["maxTrialCount"])):
+            values = [sample(p, rng) for p in job["studySpec"]["parameters"]]
+            tid = str(i + 1)
+            self.jobs[job["name"]]["trials"].append(self._trial(code, pool, values, f"{out}/{tid}/model", tid, job))
+
+    def _unpack(self, uri: str, module: str) -> str:
+        "Download and unpack the sdist at `uri`; return its source folder (recording where `module` imports from)."
+        from google.cloud import storage
+        bucket, _, path = uri[len("gs://"):].partition("/")
+        tmp = tempfile.mkdtemp(prefix="vertex-package-")
+        storage.Client().bucket(bucket).blob(path).download_to_filename(f"{tmp}/pkg.tar.gz")
+        with tarfile.open(f"{tmp}/pkg.tar.gz") as t: t.extractall(tmp, filter="data")
+        code = str(next(p for p in Path(tmp).iterdir() if p.is_dir()))
+        where = subprocess.run([sys.executable, "-c", f"import {module}; print({module}.__file__)"], cwd=tmp,
+                               env={**os.environ, "PYTHONPATH": code}, capture_output=True, text=True, timeout=60)
+        self.code_paths.append(where.stdout.strip())
+        return code
+
+    def _trial(self, code: str, pool: dict, values: list, model_dir: str, tid, job=None) -> dict:
+        work = tempfile.mkdtemp(prefix="vertex-trial-")
+        env = {**os.environ, "PYTHONPATH": code, "AIP_MODEL_DIR": model_dir, "CLOUD_ML_TRIAL_ID": str(tid or 0),
+               "CLOUD_ML_HP_METRIC_FILE": f"{work}/output.metrics"}
+        flags = [f"--{pid}={v}" for pid, v in values]
+        args = [sys.executable, "-m", pool["pythonModule"], *pool.get("args", []), *flags]
+        p = subprocess.run(args, cwd=work, env=env, capture_output=True, text=True, timeout=240)
+        self.runs.append((pool.get("args", []) + flags, model_dir, p.stdout, p.stderr))
+        trial = {"id": tid, "parameters": [{"parameterId": k, "value": v} for k, v in values],
+                 "startTime": "2026-01-01T00:00:00Z", "endTime": "2026-01-01T00:00:07Z"}
+        if p.returncode != 0:
+            reason = (p.stderr.strip().splitlines() or ["failed"])[-1]
+            return dict(trial, state="INFEASIBLE", infeasibleReason=reason)
+        if job is None: return dict(trial, state="SUCCEEDED")  # a CustomJob: no study, no measurement
+        metric = job["studySpec"]["metrics"][0]["metricId"]
+        last = json.loads(Path(f"{work}/output.metrics").read_text().strip().splitlines()[-1])
+        measurement = {"stepCount": last["global_step"],
+                       "metrics": [{"metricId": metric, "value": float(last[metric])}]}
+        return dict(trial, state="SUCCEEDED", finalMeasurement=measurement)
+
+
+def sample(p: dict, rng: random.Random) -> tuple:
+    "(parameterId, value) for one studySpec parameter (enums arrive as integers: scale 2 is log)."
+    if "doubleValueSpec" in p or "integerValueSpec" in p:
+        vs = p.get("doubleValueSpec") or p["integerValueSpec"]
+        lo, hi = float(vs["minValue"]), float(vs["maxValue"])
+        log = p.get("scaleType") in (2, "UNIT_LOG_SCALE")
+        v = math.exp(rng.uniform(math.log(lo), math.log(hi))) if log else rng.uniform(lo, hi)
+        return p["parameterId"], (round(v) if "integerValueSpec" in p else v)
+    values = (p.get("discreteValueSpec") or p["categoricalValueSpec"])["values"]
+    return p["parameterId"], rng.choice(values)
 
 
 def _not_found(message: str) -> tuple:
