@@ -7,8 +7,7 @@ openjdk-17-jre-headless`, which .ci/run does).
 
 Spark costs time here, not rows: the JVM's start and each job's planning dominate, so the data is the smallest that
 still shows each claim, every test (and the `mlprod predict --engine spark` runs, which join the running session)
-shares the one session fixture, and the JVM runs with the client JIT only (C1: short jobs, less compiling on a
-busy machine)."""
+shares the one session fixture."""
 import importlib.util
 import os
 
@@ -22,8 +21,7 @@ from mlprod.cli import capture
 pytestmark = pytest.mark.timeout(600)
 
 
-_TEST_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
-              "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+_TEST_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"}
 
 
 @pytest.fixture(scope="session")
