@@ -34,7 +34,7 @@ class CheckedColumn(NamedTuple):
 
 # %% ../nbs/01e_spec_frame.ipynb #7441275d
 def _by_value(f: Feature, name: str, codes: np.ndarray, uniques: list) -> CheckedColumn:
-    "Check each distinct value once with `check_field`; each row (its value's position in `uniques`, -1 for missing) takes its outcome."
+    "Each distinct value checked once by `check_field`; each row (its value's place in `uniques`) takes its outcome."
     res = [check_field(f, name, v) for v in [*uniques, None]]
     codes = np.where(codes < 0, len(uniques), codes)
     vals = np.empty(len(res), dtype=object)
@@ -66,7 +66,7 @@ def _by_row(f: Feature, name: str, s: pd.Series) -> CheckedColumn:
 
 # %% ../nbs/01e_spec_frame.ipynb #05eee8c6
 def _numbers(f: Feature, name: str, a: np.ndarray) -> CheckedColumn:
-    "A numeric column of a numeric feature: the rows the record rule would pass unchanged found at once, the rest by it."
+    "A numeric column of a numeric feature: the rows the record rule passes unchanged found at once, the rest by it."
     x = a.astype(np.float64)
     plain = np.isfinite(x)
     if f._missing_num: plain &= ~np.isin(x, list(f._missing_num))
@@ -102,7 +102,7 @@ def _typed(f: Feature, v: np.ndarray):
     return v
 
 def validate_frame(spec: FeatureSpec, df: pd.DataFrame) -> ValidatedFrame:
-    "Every row of `df` validated as `validate_records` validates a record (unknown columns ignored), a column at a time."
+    "Every row of `df` validated as `validate_records` validates a record (unknown columns ignored), column by column."
     n, cols, err, warn = len(df), {}, ([], [], []), ([], [], [])
     for j, (name, f) in enumerate(spec.features.items()):
         c = cols[name] = check_column(f, name, df[name] if name in df.columns else None, n)
