@@ -91,6 +91,7 @@ def _problems(rows: list, order: list, items: list) -> pd.DataFrame:
     "Errors or warnings as a frame: by row, and within a row in the record validator's order."
     rows, order = (np.concatenate([np.zeros(0, np.int64), *a]).astype(np.int64) for a in (rows, order))
     items = [e for part in items for e in part]
+    if not items: return pd.DataFrame(columns=PROBLEM_COLUMNS).astype({"index": "int64"}) # as a frame of no records
     by = np.lexsort((order, rows))
     return pd.DataFrame({"index": rows[by], "field": [items[i].field for i in by], "code": [items[i].code for i in by],
                          "message": [items[i].message for i in by]}, columns=PROBLEM_COLUMNS)
