@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             results[engine, n] = r = run([bundle, data, "-o", dest, "--allow-partial", "--force", *extra], env)
             line = r.get("error") or f"{r['wall_s']:8.1f} s  {n / r['wall_s']:>10,.0f} rows/s"
             print(f"{n:>12,} rows  {engine:<11} {line}", flush=True)
-    print(f"\n{'rows':>12}  {'spark / in-process':>20}")
+    if len(engines) > 1: print(f"\n{'rows':>12}  {'spark / in-process':>20}")
     for n in sizes:
         a_, b_ = results.get(("in-process", n), {"error": ""}), results.get(("spark", n), {"error": ""})
         if "error" not in a_ and "error" not in b_: print(f"{n:>12,}  {b_['wall_s'] / a_['wall_s']:>19.2f}x")
