@@ -12,7 +12,8 @@ import pandas as pd
 
 from .errors import DataError
 from .data import table_stem
-from .bundle import Bundle, frame_records
+from .bundle import Bundle
+from .spec_frame import validate_frame
 
 # %% auto #0
 __all__ = ['ERROR_COLUMNS', 'ROW_ERROR_COLUMNS', 'prediction_columns', 'check_columns', 'Scored', 'score_frame', 'score_table',
@@ -54,26 +55,25 @@ def score_frame(bundle: Bundle, # a loaded bundle
     "Validate every row of `df` as the API does, predict the valid ones, and say why each other one was refused."
     spec = bundle.spec
     index = np.arange(len(df)) if index is None else np.asarray(index)
-    checked = spec.validate_records(frame_records(df), unknown_fields="ignore")
-    ok = [i for i, r in enumerate(checked.records) if r is not None]
+    checked = validate_frame(spec, df) # what validate_records says of each row, a column at a time
     cols = prediction_columns(spec)
     out = pd.DataFrame({"index": index})
-    if ok:
-        good = pd.DataFrame.from_records([checked.records[i] for i in ok], columns=list(spec.features))
-        got = bundle.fitted.predict_frame(good)[cols]
-        out = out.join(got.set_axis(ok), how="left") # by position: rows that failed stay empty
+    if len(checked.frame):
+        got = bundle.fitted.predict_frame(checked.frame.reset_index(drop=True))[cols]
+        out = out.join(got.set_axis(checked.frame.index), how="left") # by position: rows that failed stay empty
     else: out = out.reindex(columns=["index", *cols])
+    e = checked.errors # by row, in the record validator's order
     codes, messages = np.full(len(df), None, dtype=object), np.full(len(df), None, dtype=object)
-    for e in checked.errors:
-        if codes[e.index] is None: codes[e.index], messages[e.index] = e.code, e.message
-        else: messages[e.index] += f"; {e.message}"
+    first = e.drop_duplicates("index")
+    codes[first["index"].to_numpy()] = first["code"].to_numpy()
+    joined = e.groupby("index", sort=False)["message"].agg("; ".join)
+    messages[joined.index.to_numpy()] = joined.to_numpy()
     out["prediction_error_code"], out["prediction_error"] = codes, messages
-    errors = pd.DataFrame([(index[e.index], e.field, e.code, e.message) for e in checked.errors], columns=ERROR_COLUMNS)
-    return Scored(out, errors.astype({"index": "int64"}))
+    return Scored(out, e.assign(index=index[e["index"].to_numpy()].astype("int64")).reset_index(drop=True))
 
 # %% ../nbs/08_batch.ipynb #d35efe1c
 def score_table(bundle: Bundle, df: pd.DataFrame, index=None, chunk: int = 100_000) -> Scored:
-    "`score_frame` over `df` in chunks of `chunk` rows: the same result, with the memory of one chunk's records."
+    "`score_frame` over `df` in chunks of `chunk` rows: the same result, with the memory of one chunk's work."
     index = np.arange(len(df)) if index is None else np.asarray(index)
     parts = [score_frame(bundle, df.iloc[i:i + chunk], index[i:i + chunk]) for i in range(0, max(len(df), 1), chunk)]
     return Scored(pd.concat([p.predictions for p in parts], ignore_index=True),

@@ -52,7 +52,8 @@ def spark_session(master: str | None = None, # local[2], yarn, spark://host:7077
     from pyspark.sql import SparkSession
     master = master or _default_master()
     settings = {"spark.sql.execution.arrow.pyspark.enabled": "true", "spark.ui.showConsoleProgress": "false",
-                "spark.sql.session.timeZone": "UTC"}
+                "spark.sql.session.timeZone": "UTC", # batches of 50,000 rows: a model's call costs per batch too
+                "spark.sql.execution.arrow.maxRecordsPerBatch": "50000"}
     if master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         settings |= {"spark.ui.enabled": "false", "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
@@ -174,9 +175,11 @@ def _scored_schema(spec):
 def _score_batches(uri: str, names: list):
     "The function mapInPandas runs: each batch scored by `score_frame`, its problems appended as rows of their own."
     def run(batches):
+        from threadpoolctl import threadpool_limits # scikit-learn's own dependency
         bundle = _cached_bundle(uri)
         for pdf in batches:
-            s = score_frame(bundle, pdf.drop(columns="index"), pdf["index"].to_numpy())
+            with threadpool_limits(1): # a task has one core: the model's OpenMP threads would spin against the others
+                s = score_frame(bundle, pdf.drop(columns="index"), pdf["index"].to_numpy())
             rows = s.predictions.assign(field=None, code=None, message=None, _kind="row")
             problems = s.errors.assign(_kind="error")
             yield pd.concat([rows, problems], ignore_index=True).reindex(columns=names).astype(object).where(lambda d: d.notna(), None)

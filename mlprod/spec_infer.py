@@ -245,11 +245,12 @@ def _holds_containers(s: pd.Series) -> bool:
 def _drop_reason(name: str, s: pd.Series, y: pd.Series, typ: str) -> str | None:
     nonnull = s.dropna()
     if nonnull.empty: return "all values are missing"
-    if len(nonnull) > 1 and nonnull.nunique() == 1: return "constant: a single value"
-    if typ == "integer" and len(s) >= 20 and len(nonnull) == len(s) and nonnull.is_unique:
+    distinct = nonnull.nunique() # once: a hash of every value, the cost of this function on a large column
+    if len(nonnull) > 1 and distinct == 1: return "constant: a single value"
+    if typ == "integer" and len(s) >= 20 and len(nonnull) == len(s) and distinct == len(nonnull):
         reason = _row_number(name, nonnull)
         if reason: return reason
-    if len(s) >= 20 and nonnull.nunique() >= 0.95 * len(s):
+    if len(s) >= 20 and distinct >= 0.95 * len(s):
         if typ == "category" or (typ == "integer" and re.search(r"(^|_)id$|^id|_id_|number$", name, re.I)):
             return "ID-like: a different value in nearly every row"
     try:

@@ -11,7 +11,8 @@ from datetime import datetime
 
 # %% auto #0
 __all__ = ['COORDINATE_LIMITS', 'FIELD_ERROR_CODES', 'FIELD_WARNING_CODES', 'category_key', 'FieldError', 'Validated',
-           'ValidatedBatch', 'check_value', 'validate_record', 'validate_records', 'json_schema']
+           'ValidatedBatch', 'hard_limits', 'check_value', 'check_field', 'region_error', 'validate_record',
+           'validate_records', 'json_schema']
 
 # %% ../nbs/01d_spec_records.ipynb #830081ad
 COORDINATE_LIMITS = {"latitude": (-90.0, 90.0), "longitude": (-180.0, 180.0)}
@@ -81,16 +82,18 @@ def _json_type(value) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
             dict: "an object"}.get(type(value), type(value).__name__)
 
+def hard_limits(f: Feature) -> tuple:
+    "(low, high) a numeric feature's value must lie within: its `min`/`max`, else a coordinate's physical range."
+    lo, hi = COORDINATE_LIMITS.get(f.type, (None, None))
+    return f.min if f.min is not None else lo, f.max if f.max is not None else hi
+
 def _check_numeric(f: Feature, value):
     v = _as_number(value)
     if isinstance(v, tuple): return v
     if f.type == "integer":
         if v != int(v): return "wrong_type", f"expected an integer, got {_fmt(v)}"
         v = int(v)
-    lo, hi = f.min, f.max
-    if f.type in COORDINATE_LIMITS:
-        a, b = COORDINATE_LIMITS[f.type]
-        lo, hi = a if lo is None else lo, b if hi is None else hi
+    lo, hi = hard_limits(f)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         if lo is None: return "out_of_range", f"{_fmt(v)} is above the maximum {_fmt(hi)}"
         if hi is None: return "out_of_range", f"{_fmt(v)} is below the minimum {_fmt(lo)}"
@@ -137,26 +140,38 @@ def _expected(f: Feature, name: str, v, index):
     return edge, FieldError(name, "outside_expected_range", f"'{name}': {_fmt(v)} is {side} the expected range {seen} "
                             f"the model was trained on; predicted with {_fmt(edge)}", index)
 
+def check_field(f: Feature, name: str, value, index: int | None = None) -> tuple:
+    "One field of a record: (cleaned value, error or None, warning or None); missing takes the default if optional."
+    kind = type(value) # a placeholder this feature reads as missing is missing
+    if kind is str: value = None if value.strip() in f._missing_text else value
+    elif (kind is float or kind is int) and value in f._missing_num: value = None
+    if value is None:
+        if f.required: return None, FieldError(name, "missing_field", f"'{name}' is required", index), None
+        return f.default, None, None
+    v = _CHECKERS[f.type](f, value)
+    if type(v) is tuple: return None, FieldError(name, v[0], f"'{name}': {v[1]}", index), None
+    if f.expect is not None and not f.expect[0] <= v <= f.expect[1]: # only numeric features have one
+        v, w = _expected(f, name, v, index)
+        return v, None, w
+    return v, None, None
+
+def region_error(loc: Location, y: float, x: float, index: int | None = None) -> FieldError:
+    "The `outside_region` error of a point (y, x) outside the region of location group `loc`."
+    r = loc.region
+    box = f"lat [{_fmt(r['min_lat'])}, {_fmt(r['max_lat'])}], lon [{_fmt(r['min_lon'])}, {_fmt(r['max_lon'])}]"
+    msg = f"({loc.lat}, {loc.lon}) = ({_fmt(y)}, {_fmt(x)}) is outside the region {box}"
+    return FieldError(loc.lat, "outside_region", msg, index)
+
 def _validate(spec: FeatureSpec, obj, unknown_fields: str = "reject", index: int | None = None) -> Validated:
     if not isinstance(obj, dict):
         msg = f"expected a JSON object with the input fields, got {_json_type(obj)}"
         return Validated(None, [FieldError(None, "not_an_object", msg, index)])
     errors, warnings, record = [], [], {}
     for name, f in spec.features.items():
-        value = obj.get(name)
-        kind = type(value) # a placeholder this feature reads as missing is missing
-        if kind is str: value = None if value.strip() in f._missing_text else value
-        elif (kind is float or kind is int) and value in f._missing_num: value = None
-        if value is None:
-            if f.required: errors.append(FieldError(name, "missing_field", f"'{name}' is required", index))
-            else: record[name] = f.default
-            continue
-        v = _CHECKERS[f.type](f, value)
-        if type(v) is tuple: errors.append(FieldError(name, v[0], f"'{name}': {v[1]}", index)); continue
-        if f.expect is not None and not f.expect[0] <= v <= f.expect[1]: # only numeric features have one
-            v, w = _expected(f, name, v, index)
-            if w is not None: warnings.append(w)
+        v, e, w = check_field(f, name, obj.get(name), index)
+        if e is not None: errors.append(e); continue
         record[name] = v
+        if w is not None: warnings.append(w)
     if unknown_fields == "reject" and not obj.keys() <= spec.features.keys():
         ignored = spec.drop.keys() | {spec.target.name}
         for k in obj:
@@ -167,10 +182,7 @@ def _validate(spec: FeatureSpec, obj, unknown_fields: str = "reject", index: int
         lat = loc.lat
         y, x = record.get(lat), record.get(loc.lon)
         if loc.region is not None and y is not None and x is not None and not loc.contains(y, x):
-            r = loc.region
-            box = f"lat [{_fmt(r['min_lat'])}, {_fmt(r['max_lat'])}], lon [{_fmt(r['min_lon'])}, {_fmt(r['max_lon'])}]"
-            msg = f"({lat}, {loc.lon}) = ({_fmt(y)}, {_fmt(x)}) is outside the region {box}"
-            errors.append(FieldError(lat, "outside_region", msg, index))
+            errors.append(region_error(loc, y, x, index))
     return Validated(None if errors else record, errors, warnings)
 
 def validate_record(self: FeatureSpec, obj, # any JSON value: the record a client sent
@@ -202,8 +214,7 @@ def _json_number(text: str):
 def _property(f: Feature) -> dict:
     p = {"type": _JSON_TYPES[f.type] if f.type != "category" else ["string", "number"]}
     if f.numeric:
-        lo, hi = COORDINATE_LIMITS.get(f.type, (None, None))
-        lo, hi = f.min if f.min is not None else lo, f.max if f.max is not None else hi
+        lo, hi = hard_limits(f)
         if lo is not None: p["minimum"] = lo
         if hi is not None: p["maximum"] = hi
         if f.expect is not None: p["x-expect"] = list(f.expect)

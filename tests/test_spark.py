@@ -1,8 +1,13 @@
-"""Apache Spark, locally (pyspark from PyPI, Java 17 from Debian), one session for the module on 127.0.0.1 with its UI off:
-scoring equals in-process scoring, the Spark profile equals the pandas profile, CSV/Parquet on disk and on the GCS emulator.
+"""Apache Spark, locally (pyspark from PyPI, Java 17 from Debian), ONE session for the whole test run on 127.0.0.1
+with its UI off: scoring equals in-process scoring, the Spark profile equals the pandas profile, CSV/Parquet on disk
+and on the GCS emulator.
 
 Skipped, with the reason, when pyspark or Java is missing (`pip install 'mlprod[spark]'`; `apt-get install
-openjdk-17-jre-headless`, which .ci/run does)."""
+openjdk-17-jre-headless`, which .ci/run does).
+
+Spark costs time here, not rows: the JVM's start and each job's planning dominate, so the data is the smallest that
+still shows each claim, every test (and the `mlprod predict --engine spark` runs, which join the running session)
+shares the one session fixture."""
 import importlib.util
 import os
 
@@ -16,12 +21,15 @@ from mlprod.cli import capture
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
+_TEST_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"}
+
+
+@pytest.fixture(scope="session")
 def spark():
     from mlprod.spark import _java_home, spark_session
     if importlib.util.find_spec("pyspark") is None: pytest.skip("pyspark is not installed: pip install 'mlprod[spark]'")
     if _java_home() is None: pytest.skip("Java 17 is not installed: apt-get install openjdk-17-jre-headless (and set JAVA_HOME)")
-    session = spark_session("local[2]", conf={"spark.sql.shuffle.partitions": "2"})
+    session = spark_session("local[2]", conf=_TEST_CONF)
     yield session
     session.stop()
 
@@ -44,7 +52,7 @@ def read_output(path):
 
 def test_spark_scoring_equals_in_process(spark, bundle, tmp_path):
     "Missing values, unseen categories and refused rows: the same columns, rows, codes and numbers (1e-9 of the scale)."
-    rows = messy_rows(800)
+    rows = messy_rows(400)
     rows.to_csv(tmp_path / "rows.csv", index=False)
     assert capture("predict", bundle, tmp_path / "rows.csv", "-o", tmp_path / "local.csv", "--allow-partial")[0] == 0
     status, out, err = capture("predict", bundle, tmp_path / "rows.csv", "-o", tmp_path / "spark.csv",
@@ -69,7 +77,7 @@ def test_spark_scoring_equals_in_process(spark, bundle, tmp_path):
 
 def test_spark_reads_and_writes_gcs(spark, bundle, gcs, tmp_path):
     fs, bucket = gcs.fs(), gcs.bucket()
-    rows = messy_rows(300)
+    rows = messy_rows(200)
     with fs.open(f"{bucket}/rows.parquet", "wb") as f: rows.to_parquet(f, index=False)
     status, out, err = capture("predict", bundle, f"gs://{bucket}/rows.parquet", "-o", f"gs://{bucket}/out/p.parquet",
                                "--engine", "spark", "--allow-partial")
@@ -89,7 +97,7 @@ def test_spark_profile_equals_pandas_profile(spark, tmp_path):
     "Counts exactly; quartiles exact elements below 10,000 rows; the same flags, notes, skews and powers."
     from mlprod.profile import messy_frame, profile
     from mlprod.spark import profile as spark_profile, read_table
-    messy = messy_frame(3_000)
+    messy = messy_frame(1_200)
     messy["kind"] = messy["kind"].astype(object)
     messy.to_parquet(tmp_path / "messy.parquet", index=False)
     pdf = pd.read_parquet(tmp_path / "messy.parquet")
@@ -111,7 +119,7 @@ def test_spark_profile_equals_pandas_profile(spark, tmp_path):
 def test_spark_quartiles_within_the_stated_rank_error(spark):
     "Above 10,000 rows the quartiles are approximate: each one's rank within n / 10,000 of the exact quantile's."
     from mlprod.spark import SparkColumns
-    x = np.random.default_rng(0).lognormal(0, 1, 60_000)
+    x = np.random.default_rng(0).lognormal(0, 1, 30_000)
     cols = SparkColumns(spark.createDataFrame(pd.DataFrame({"x": x})))
     st = cols.stats({"x": "number"})["x"]
     xs, n = np.sort(x), len(x)
@@ -124,7 +132,7 @@ def test_spark_quartiles_within_the_stated_rank_error(spark):
 def test_spark_report(spark, tmp_path):
     from mlprod.profile import messy_frame
     from mlprod.spark import explore_report
-    sdf = spark.createDataFrame(messy_frame(1_500).drop(columns=["when", "empty"]))
-    path = explore_report(sdf, "fare_usd", path=tmp_path / "r.html", progress=False, sample=1_000, title="Spark")
+    sdf = spark.createDataFrame(messy_frame(800).drop(columns=["when", "empty"]))
+    path = explore_report(sdf, "fare_usd", path=tmp_path / "r.html", progress=False, sample=500, title="Spark")
     text = open(path, encoding="utf-8").read()
-    assert text.count("data:image/png;base64,") >= 6 and "1,500 rows" in text and "Could not draw" not in text
+    assert text.count("data:image/png;base64,") >= 6 and "800 rows" in text and "Could not draw" not in text
