@@ -5,7 +5,7 @@ import nbformat
 import pytest
 import yaml
 
-from mlprod.select import job_path
+from mlprod.trainjob import job_path
 from mlprod.store import open_store
 from penguin_bundles import penguin_bundle
 

@@ -156,15 +156,29 @@ def store(work, request):
 
 
 def test_hot_reload_under_load_two_switches(start, store, versions):
-    v = [publish(store / "dev", versions[0])]
+    "`mlprod deploy` (gate and all) moves dev's pointer twice while two clients predict: nothing fails, nothing mixes."
+    from mlprod.deploy import deploy
+    from mlprod.registry import load_config
+    dev = load_config(store / "mlprod.yaml").env("dev")
+    v = [deploy(versions[0], dev, progress="off").version]
     env = {"MLPROD_AUTH": "off", "MLPROD_CONFIG": str(store / "mlprod.yaml"), "MLPROD_RELOAD_INTERVAL": "0.2"}
     api = start("serve", None, env, None, "/v1/ready", "--env", "dev")
     rec = example_records(versions[0], 1)[0]
     expected = {load_bundle(p).version: in_process(p, [rec])[0] for p in versions}
     assert len({json.dumps(p) for p in expected.values()}) == 3  # the versions answer differently
-    ts, out = load(api, rec, seconds=4.5)
-    time.sleep(1.2); v.append(publish(store / "dev", versions[1]))
-    time.sleep(1.5); v.append(publish(store / "dev", versions[2]))
+    stop = threading.Event()
+    ts, out = load(api, rec, seconds=60, stop=stop)
+    def served(version, timeout=20):  # wait until some answer came from `version`
+        end = time.monotonic() + timeout
+        while not any((js.get("model") or {}).get("version") == version for *_, js, _ in out[-20:]):
+            assert time.monotonic() < end, f"{version} never served"
+            time.sleep(0.05)
+    time.sleep(0.5)
+    for bundle in versions[1:]:
+        v.append(deploy(bundle, dev, progress="off").version)
+        served(v[-1])
+        time.sleep(0.3)
+    stop.set()
     for t in ts: t.join()
     statuses = [s for _, _, s, _, _ in out]
     assert statuses.count(200) == len(out) > 50, {s for s in statuses}  # zero failed requests
@@ -262,3 +276,21 @@ def test_integer_class_labels_stay_integers_in_the_envelope(start, work):
         labels += [x["prediction"]["label"] for x in post(api, {"instances": recs}, "/v1/batch").json()["results"]]
         assert {type(x) for x in labels} == {int} and set(labels) <= {0, 1} and len(labels) == 18
         assert labels[:6] == [p["label"] for p in in_process(bundle, recs)]
+
+
+def test_following_a_store_in_a_bucket(start, gcs, work, versions):
+    "An environment whose store is gs://: the API loads the live bundle from the bucket and follows its pointer."
+    prefix = f"gs://{gcs.bucket()}/dev"
+    config = work / "gcs-mlprod.yaml"
+    config.write_text(f"environments:\n  dev:\n    store: {prefix}\n")
+    v1 = publish(prefix, versions[0])
+    env = {"MLPROD_AUTH": "off", "MLPROD_CONFIG": str(config), "MLPROD_RELOAD_INTERVAL": "3600"}
+    api = start("serve", None, env, None, "/v1/ready", "--env", "dev")
+    rec = example_records(versions[0], 1)[0]
+    assert post(api, rec).json()["model"]["version"] == v1
+    v2 = publish(prefix, versions[1])
+    api.send(signal.SIGHUP)
+    end = time.monotonic() + 20
+    while post(api, rec).json()["model"]["version"] != v2: assert time.monotonic() < end; time.sleep(0.1)
+    doc = requests.get(api.url + "/v1/model", timeout=5).json()["model"]
+    assert (doc["version"], doc["live"]["action"]) == (v2, "deploy")
