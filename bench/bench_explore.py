@@ -19,7 +19,7 @@ the frame itself). Contenders:
   spec file — what a user waits for.
 
 The bars this must meet: the mlprod report end to end (the CLI runs) under 20 s and under 1.5 GiB on the 2-core
-machine (issue 16; INTERFACES.md's older bar is 60 s and 4 GiB). The machine is shared: the load average is printed
+machine (issue 16; the older bar was 60 s and 4 GiB). The machine is shared: the load average is printed
 before and after; run it twice. Not part of CI.
 """
 from __future__ import annotations

@@ -30,6 +30,9 @@ copyright = cfg["copyright"]
 release = version = cfg["version"]
 
 extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.viewcode"]
+# A method added to a class from another module (fastcore's @patch) reports the class's module as its own; following
+# it would send the source pages' [docs] links to anchors that do not exist (tools/check_site.py finds them).
+viewcode_follow_imported_members = False
 root_doc = "index"
 exclude_patterns = ["jobs/**", "**/.ipynb_checkpoints"]
 

@@ -108,8 +108,10 @@ def print_result(bundle, output: str):
     m = bundle.metrics
     print(f"wrote {output}: {bundle.name} {bundle.version}")
     lb = pd.DataFrame(m["leaderboard"])
-    cols = [c for c in ("model", f"eval_{m['metric']}", "fit_s", "latency_ms", "size_kb", "status", "note", "warning")
-            if c in lb.columns]
+    cv = f"cv_{m['metric']}"  # the figure the ranking follows, when the comparison cross-validated
+    ranked_by = [cv] if cv in lb.columns and lb[cv].notna().any() else []
+    cols = [c for c in ("rank", "model", f"eval_{m['metric']}", *ranked_by, "fit_s", "latency_ms", "size_kb", "status",
+                        "note", "warning") if c in lb.columns]
     print_frame(lb[cols].round(4), max_colwidth=48)
     metric = m["metric"]
     test = ", ".join(f"{k} {v:.4g}" for k, v in m["test"].items() if not k.endswith("_sd"))

@@ -402,6 +402,8 @@ def profile_columns(cols, # the table: `PandasColumns`, or `mlprod.spark.SparkCo
     features = spec.features if spec is not None else {}
     kinds = {c: (features[c].type if c in features and not (k == "mixed" and features[c].type == "category") else k)
              for c, (k, _) in found.items()}
+    if target is not None and spec is not None and spec.task == "classification" and kinds[target] != "empty":
+        kinds[target] = "category"  # class labels (a 0/1 target included), not a quantity nor a yes/no input
     stats = cols.stats(kinds)
     task = spec.task if spec is not None else None
     if target is not None and task is None and stats[target]["missing"] < n: task = cols.task(target)

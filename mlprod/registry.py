@@ -26,7 +26,7 @@ _ENV_KEYS = {"store", "gate", "endpoint", "public_key", "require_signed"}
 @dataclass
 class Gate:
     "What a deployment must pass: predictions equal to the expected ones, and the metric no worse than a threshold."
-    tolerance: float | None = None # relative, as INTERFACES.md defines equal predictions; None: the model's default
+    tolerance: float | None = None # relative, as `mlprod.testset` defines equal predictions; None: the model's default
     max_failed_rows: int = 0 # rows allowed to differ
     metric: str | None = None # None: the metric the bundle was selected by
     threshold: float | None = None # None: no threshold

@@ -21,11 +21,11 @@ from .scoring import (GREATER_IS_BETTER, check_metric, score, better, predict_ou
 from .budget import Budget, Progress, free_cores
 from .candidates import (WEIGHTS, Problem, Rows, Candidate, parse_candidates, search, fit_settings, has_extra,
                                row_latency_ms, model_size_kb)
-from .crossfit import make_folds, out_of_fold, calibrate_intervals, calibrate_probabilities
+from .crossfit import make_folds, out_of_fold, calibrate_intervals, calibrate_probabilities, MIN_SCALE_ROWS
 from .trainjob import resolve_spec, check_leaks
 
 # %% auto #0
-__all__ = ['CV_TUNING_ROWS', 'COMPARE_KEEPS', 'MIN_SHARE', 'CV_RANKING_ROWS', 'Prepared', 'encode_target', 'prepare',
+__all__ = ['CV_TUNING_ROWS', 'LEAK_FLAG', 'COMPARE_KEEPS', 'MIN_SHARE', 'CV_RANKING_ROWS', 'Prepared', 'encode_target', 'prepare',
            'Comparison', 'compare', 'Refit', 'refit', 'Calibration', 'calibrate', 'Tested', 'test', 'Selection',
            'train_and_select']
 
@@ -83,9 +83,15 @@ class Comparison:
     @property
     def best(self) -> Candidate: return self.candidates[self.winner]
 
+LEAK_FLAG = "NEAR-PERFECT: check for a leak" # the leaderboard's warning
+
+def _leak_flag(task: str, y, pred) -> str:
+    "The leaderboard's warning when the score on rows the model did not see is near-perfect, else ''."
+    return LEAK_FLAG if near_perfect(task, y, pred) else ""
+
 def _leaderboard_row(c: Candidate, rows: Rows, problem: Problem) -> list:
     pred = predict_output(c.estimator, rows.X_eval, problem.task, problem.n_classes)
-    warning = "NEAR-PERFECT: check for a leak" if near_perfect(problem.task, rows.y_eval, pred) else ""
+    warning = _leak_flag(problem.task, rows.y_eval, pred)
     note = ", ".join(f"{k} {v}" for k, v in c.info.items() if k not in ("params", "fit_s", "converged"))
     value = score(problem.metric, rows.y_eval, pred, problem.average)  # the same rows for every family
     return [c.name, type(c.estimator).__name__, value, c.fit_s, row_latency_ms(c.estimator, rows.X_eval, problem.task),
@@ -127,6 +133,8 @@ def compare(prep: Prepared, names: list, budget: Budget, progress=None) -> Compa
         raise DataError("No candidate could be trained within the time budget; raise --time-budget.", code="nothing_trained")
     folds, oof = _cross_validated(prep, found, evals, leader, budget, progress)
     cv = {n: score(prep.problem.metric, prep.y_dev, p, prep.problem.average) for n, p in oof.items()}
+    for row in lb_rows:  # near-perfect or not: judged out of fold on every development row, not on the few eval rows
+        if row[0] in oof: row[-1] = _leak_flag(prep.problem.task, prep.y_dev, oof[row[0]])
     leaderboard = _leaderboard(lb_rows, prep.problem.metric, cv)
     return Comparison(found, leaderboard, leaderboard.iloc[0]["model"], notes, folds, oof)
 
@@ -174,6 +182,13 @@ class Calibration:
     warning: str | None = None # a near-perfect score
     note: str | None = None
 
+def _one_width_note(rows: int) -> str:
+    "Why every interval has the same width, so that a confidence equal on every row is not taken for a fault."
+    why = (f"{rows} rows are too few to learn a width per row" if rows < MIN_SCALE_ROWS else
+           "a width per row, learned from the out-of-fold errors, did not narrow them")
+    return (f"one interval width for every row — {why}; the confidence differs only where an interval meets what the "
+            "target can be (e.g. never below 0)")
+
 def calibrate(prep: Prepared, comp: Comparison, budget: Budget, coverage: float = 0.9, progress=None) -> Calibration:
     "Out-of-fold predictions of the winner's settings calibrate the confidence and give the quality figure."
     p, spec, best = prep.problem, prep.spec, comp.best
@@ -187,6 +202,7 @@ def calibrate(prep: Prepared, comp: Comparison, budget: Budget, coverage: float 
         conf = (calibrate_intervals(y, pred, prep.X_dev, folds, prep.y_dev, coverage, p.seed) if p.task == "regression"
                 else calibrate_probabilities(pred, y, spec.target.classes))
         source = "out_of_fold"
+        if p.task == "regression" and conf.scale_model is None: note = _one_width_note(len(y))
     else:
         y, pred = prep.rows.y_eval, predict_output(best.estimator, prep.rows.X_eval, p.task, p.n_classes)
         conf = (IntervalCalculator.calibrate(y, pred, prep.y_dev, coverage) if p.task == "regression"
@@ -332,6 +348,8 @@ def train_and_select(frame: pd.DataFrame, # the data, target included
         pg.step("refit", f"{comp.winner} on {len(prep.y_dev):,} rows" if final.refitted else "skipped (time)")
         with budget.phase("calibrate"): cal = calibrate(prep, comp, budget, coverage, pg)
         pg.step("calibrate", f"{cal.folds} folds: {metric} {cal.value:.4g} out of fold" if cal.folds else "on eval rows")
+        if cal.source == "out_of_fold":  # the winner's warning follows its score on every development row
+            comp.leaderboard.loc[comp.leaderboard.model == comp.winner, "warning"] = LEAK_FLAG if cal.warning else ""
         fitted = FittedModel(spec, prep.transformer, final.estimator, cal.confidence, fast=compile_fast(final.estimator),
                              scale_fast=compile_fast(getattr(cal.confidence, "scale_model", None)))
         with budget.phase("test"): tested = test(prep, fitted, cal)

@@ -52,6 +52,24 @@ def gcs():
 
 
 @pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory):
+    """A small real bundle made the way the pipelines make one: `mlprod train` (papermill) on the penguins, linear
+    model only, ~20 s. The bundle's top folder comes out mode 0700 (it was made by `tempfile.mkdtemp`), which the
+    container's user cannot read: it is opened to others here, as a deployment copy would be."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path_factory.mktemp("trained") / "penguins.bundle"
+    r = subprocess.run([sys.executable, "-m", "mlprod.cli", "train", "example:penguins", "--models", "linear",
+                        "--time-budget", "10", "--name", "penguins", "-o", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for p in [out, *out.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o044 | (0o011 if p.is_dir() else 0))
+    return Path(out)
+
+
+@pytest.fixture(scope="session")
 def vertex(gcs):
     from vertex_standin import VertexStandIn
     with VertexStandIn() as standin:

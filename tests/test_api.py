@@ -129,7 +129,7 @@ def post(server, body=None, headers=None, **kw):
     return requests.post(server.url + "/v1/predict", json=body, headers=headers, timeout=10, **kw)
 
 
-# The statuses INTERFACES.md fixes, written out here so that a change to the table itself fails a test.
+# The statuses of the serving contract, written out here so that a change to the table itself fails a test.
 STATUS = {"ok": 200, "malformed_json": 400, "missing_token": 401, "invalid_token": 401, "token_expired": 401,
           "forbidden": 403, "not_found": 404, "method_not_allowed": 405, "payload_too_large": 413,
           "unsupported_media_type": 415, "invalid_input": 422, "model_not_ready": 503, "model_unavailable": 503,

@@ -242,7 +242,7 @@ def test_predict_refuses_a_damaged_bundle_with_exit_4(small_bundle, tmp_path, da
 
 @pytest.mark.parametrize("example,rows", [("city_trips", 12000), ("flights", 12000)])
 def test_interval_coverage_within_3_points(example, rows):
-    """INTERFACES.md: with at least 1,000 calibration and 1,000 test rows, the test coverage is within ±3 points of the
+    """The serving contract: with at least 1,000 calibration and 1,000 test rows, the test coverage is within ±3 points of the
     nominal 90% — here for cross-conformal intervals calibrated out of fold on every development row (10,200).
 
     The coverage on 1,800 test rows varies by about 0.7 points (binomial sd) from run to run; ±3 points is over 4 sd."""

@@ -1,7 +1,7 @@
 """A small Vertex AI stand-in: a loopback HTTP server that speaks the REST paths google-cloud-aiplatform uses.
 
-Point the SDK at it with the REST transport and an explicit `http://` endpoint (TOOLCHAIN.md, "Vertex AI on the
-wire"):
+Point the SDK at it with the REST transport and an explicit `http://` endpoint (anything else tries TLS or
+gRPC and retries for a minute and more before failing):
 
     aiplatform.init(project=..., location=..., api_endpoint=standin.url, api_transport="rest",
                     credentials=AnonymousCredentials())
@@ -12,7 +12,7 @@ What it keeps, in memory, per resource name (`projects/P/locations/L/<collection
   `:undeployModel`, `:predict`), `customJobs` and `hyperparameterTuningJobs` (create, GET, `:cancel`), and
   `operations` (every long-running call answers a finished operation, so the SDK's `.result()` returns at once).
 - Prediction: `:predict` goes to the deployed model with the largest traffic share. By default it answers as
-  mlprod's model server does (INTERFACES.md, remote model protocol): it loads `model.joblib` from the model's
+  mlprod's model server does (mlprod's remote model protocol): it loads `model.joblib` from the model's
   `artifactUri` on the GCS emulator and answers `{"predictions": [...]}` — a number per instance for a regressor, the
   class probabilities for a classifier. `standin.forward(endpoint_id, url)` sends an endpoint's predictions to a real
   server instead (e.g. `mlprod model-server`; an endpoint with nothing deployed predicts too once forwarded, and

@@ -132,6 +132,15 @@ def toctree(entries, caption=None, hidden=False):
     return "```{toctree}\n:maxdepth: 1\n" + opts + "\n" + "\n".join(entries) + "\n```\n"
 
 
+GUIDES = ["getting_started", "cli", "settings", "errors", "deploy", "model_card"]
+
+
+def guide_order(page):
+    "Guides in reading order (GUIDES), any other after them by name."
+    name = page.split("/")[-1]
+    return (GUIDES.index(name) if name in GUIDES else len(GUIDES), name)
+
+
 def generated_modules():
     """(module name, its notebook, its syntax tree) for every module nbdev_export wrote, in
     notebook order; the notebook comes from the file's `File to edit:` header."""
@@ -192,23 +201,25 @@ def main():
 
     doc = lambda rel: rel.with_suffix("").as_posix()
     modules = [doc(r) for r in rels if len(r.parts) == 1 and r.name[0].isdigit()]
-    walkthroughs = [doc(r) for r in rels if doc(r) != "index" and doc(r) not in modules]
+    guides = sorted((doc(r) for r in rels if r.parts[0] == "guides"), key=guide_order)
+    walkthroughs = [doc(r) for r in rels if doc(r) not in ("index", *modules, *guides)]
     sections = []
-    if modules:
-        (OUT / "modules.md").write_text(
-            "# Modules\n\nOne notebook per module of the package, in the order the data flows.\n\n"
-            + toctree(modules), encoding="utf-8")
-        sections.append("modules")
-    if walkthroughs:
-        (OUT / "walkthroughs.md").write_text(
-            "# Walkthroughs\n\nThe whole path, end to end, on real data.\n\n" + toctree(walkthroughs),
-            encoding="utf-8")
-        sections.append("walkthroughs")
+    for name, title, intro, pages in (
+            ("guides", "Guides", "What a user reads first: the demo, the commands, the settings, the errors.", guides),
+            ("walkthroughs", "Walkthroughs", "The whole path, end to end, on real data.", walkthroughs),
+            ("modules", "Modules", "One notebook per module of the package, in the order the data flows.", modules)):
+        if pages:
+            (OUT / f"{name}.md").write_text(f"# {title}\n\n{intro}\n\n" + toctree(pages), encoding="utf-8")
+            sections.append(name)
     write_api_pages()
     sections.append("api/index")
 
-    # The landing page carries the site's navigation (the navbar comes from its toctree).
+    # The landing page carries the site's navigation (the navbar comes from its toctree). Its links are written
+    # for README.md at the repository's root (`nbs/guides/cli.ipynb`); on the site it sits in nbs/ itself.
     index = nbformat.read(OUT / "index.ipynb", as_version=4)
+    for cell in index.cells:
+        if cell.cell_type == "markdown":
+            cell.source = cell.source.replace("](nbs/", "](")
     index.cells.append(nbformat.v4.new_markdown_cell(toctree(sections, hidden=True)))
     nbformat.write(index, OUT / "index.ipynb")
     print(f"docs_prep: {len(rels)} notebooks, {len(sections)} sections -> {OUT.relative_to(ROOT)}/")

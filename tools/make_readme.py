@@ -5,8 +5,9 @@ directives are honoured as on the docs site: `#| hide` cells are dropped, `#|` l
 stripped, `#| echo: false` / `#| output: false` drop the input / the outputs. Images
 in outputs go to README_files/.
 
-Usage: python tools/make_readme.py          write README.md (and README_files/)
-       python tools/make_readme.py --check  exit 1 if they differ from what would be written
+Usage: python tools/make_readme.py            write README.md (and README_files/)
+       python tools/make_readme.py --execute  run nbs/index.ipynb first (its tables come from the code), then write
+       python tools/make_readme.py --check    exit 1 if they differ from what would be written
 """
 import re
 import sys
@@ -47,6 +48,17 @@ def render():
     return text, resources.get("outputs", {})
 
 
+def execute():
+    "Run nbs/index.ipynb in place with this interpreter's kernel, then clean it as nbdev_clean does."
+    import subprocess
+    from nbclient import NotebookClient
+    nb = nbformat.read(SOURCE, as_version=4)
+    resources = {"metadata": {"path": str(SOURCE.parent)}}
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources).execute()
+    nbformat.write(nb, SOURCE)
+    subprocess.run([str(Path(sys.executable).parent / "nbdev_clean"), "--fname", str(SOURCE)], check=True)
+
+
 def current_files():
     folder = ROOT / FILES
     return {f"{FILES}/{p.name}": p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
@@ -78,6 +90,8 @@ def main(check=False):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args not in ([], ["--check"]):
+    if args not in ([], ["--check"], ["--execute"]):
         sys.exit(__doc__)
+    if args == ["--execute"]:
+        execute()
     main(check=args == ["--check"])

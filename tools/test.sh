@@ -22,6 +22,13 @@ python tools/make_readme.py --check
 # nbs/jobs/ holds papermill job notebooks: they need parameters and are run by the tests.
 step "nbdev_test (slow cells included)"
 nbdev_test --flags slow --skip_folder_re '^([_.]|jobs$)' --timing
+# Say which flagged cells did not run, and why, instead of passing over them in silence.
+for flag in $(sed -n 's/^tst_flags *= *//p' settings.ini); do
+  [ "$flag" = slow ] && continue
+  why="they need what the flag names (a local Spark with Java 17 for 'spark')"
+  [ -f "tests/test_$flag.py" ] && why="$why; tests/test_$flag.py covers it, or says why it skips"
+  echo "nbdev_test: cells flagged '#| $flag' were not run ($why); run them with: nbdev_test --flags '$flag'"
+done
 nbs_tested=$(python -c "from nbdev.doclinks import nbglob; print(len(nbglob(skip_folder_re='^([_.]|jobs$)')))")
 
 step "pytest"
@@ -31,8 +38,11 @@ if [ -z "$(find tests \( -name "test_*.py" -o -name "*_test.py" \) -print -quit 
   echo "no test files in tests/ yet: nothing for pytest to run" | tee "$log"
 else
   # pytest's exit 5 (no test collected) fails too: test files that hold no test are a mistake.
+  # -rs lists every skipped test with its reason; reports/pytest.xml is the JUnit report CI collects.
+  rm -f reports/image.json
   set +e
-  pytest -q tests --timeout "${PYTEST_TIMEOUT:-300}" -p no:cacheprovider 2>&1 | tee "$log"
+  pytest -q -rs tests --timeout "${PYTEST_TIMEOUT:-300}" -p no:cacheprovider --junitxml reports/pytest.xml \
+    --durations 15 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
   [ "$rc" -eq 0 ] || { echo "pytest failed (exit $rc)"; exit "$rc"; }
@@ -44,3 +54,4 @@ bash tools/docs.sh
 echo; echo "==> all checks passed in ${SECONDS}s"
 echo "notebooks: $nbs_tested passed, 0 failed"
 tail -n 1 "$log"
+if [ -f reports/image.json ]; then echo "serving image (tests/test_image.py):"; cat reports/image.json; fi
