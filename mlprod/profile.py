@@ -16,7 +16,7 @@ import pandas as pd
 
 from .errors import DataError, UsageError
 from .spec import FeatureSpec, infer_spec, infer_task
-from .spec_infer import normalize_frame
+from .spec_infer import count_distinct, normalize_frame
 from .signals import feature_signals, leak_suspects, _as_datetime, _as_float, _labels
 
 # %% auto #0
@@ -54,7 +54,7 @@ def _is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
 def _nunique(s: pd.Series) -> int:
-    try: return int(s.nunique(dropna=True))
+    try: return count_distinct(s)
     except TypeError: return int(_labels(s).nunique(dropna=True)) # unhashable values (lists, dicts)
 
 def _dtype_kind(s: pd.Series) -> str:
@@ -426,7 +426,9 @@ def profile_columns(cols, # the table: `PandasColumns`, or `mlprod.spark.SparkCo
         power, found_flags = _signal_flags(smp, target, task, kinds, spec, set(dups))
         table.loc[power.index, "power"] = power
         flags += found_flags
-    dup_rows = cols.duplicate_rows()
+    # a column with a different value in every row (an ID) already proves that no row repeats: skip the row hashing
+    all_distinct = any(st["missing"] == 0 and st["unique"] == n for st in stats.values())
+    dup_rows = 0 if all_distinct else cols.duplicate_rows()
     if dup_rows: notes.append(f"{dup_rows:,} rows ({dup_rows / n:.1%}) repeat an earlier row exactly.")
     if spec is not None:
         flags += [(c, "dropped_by_spec", why) for c, why in spec.drop.items()
