@@ -29,7 +29,12 @@ def _add_serve(sub):
     p = sub.add_parser("serve", help="serve a model bundle as the real-time JSON API (gunicorn)",
                        description="Serve BUNDLE, or the live bundle of an environment, as the prediction API. "
                                    "Keys, limits and timeouts come from MLPROD_* variables (below).",
-                       epilog=_settings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    show = p.format_help
+    def format_help(): # the epilog imports the API (Flask): only when help is shown, not on every command line
+        if p.epilog is None: p.epilog = _settings_epilog()
+        return show()
+    p.format_help = format_help
     p.add_argument("bundle", metavar="BUNDLE", nargs="?", help="the model bundle: a folder or URL (default: $MLPROD_BUNDLE)")
     p.add_argument("--env", metavar="NAME", default=None,
                    help="serve environment NAME's live bundle and follow its pointer (default: $MLPROD_ENV)")
