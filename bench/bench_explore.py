@@ -1,6 +1,6 @@
 """Exploration report on 1,000,000 rows × 20 mixed columns: wall time and peak memory, side by side with baselines.
 
-    python bench/bench_explore.py [--rows 1000000] [--ydata-python PATH] [--keep DIR]
+    python bench/bench_explore.py [--rows 1000000] [--ydata-python PATH] [--keep DIR] [--md bench/explore_results.md]
 
 Each contender runs in a fresh Python process that first builds the same seeded frame (numbers, integers, categories,
 text, booleans, dates, missing values, a latitude/longitude pair, outliers, an ID, a constant, a leak), then does its
@@ -22,7 +22,8 @@ The bars this must meet: the mlprod report end to end (the CLI runs) under 20 s 
 machine (issue 16; the older bar is 60 s and 4 GiB). The machine is shared: the load average is printed
 before and after, and each contender's CPU time (user + system of its process) beside its wall time: the work is
 mostly single-threaded, so on a machine shared by other jobs the wall time grows with the load while the CPU time is
-what the same run takes alone. Run it twice. Not part of CI.
+what the same run takes alone. Run it twice; ``--md FILE`` appends each run's table to FILE (markdown), as
+bench/explore_results.md holds them. Not part of CI.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import subprocess
+import time
 import sys
 import tempfile
 import textwrap
@@ -170,6 +172,7 @@ def main(argv=None):
                     help="a Python interpreter with sweetviz installed (it needs pandas < 3)")
     ap.add_argument("--keep", help="folder to keep the reports and images in (a temporary folder otherwise)")
     ap.add_argument("--no-cli", action="store_true", help="skip the two command-line runs (Parquet and CSV files)")
+    ap.add_argument("--md", metavar="FILE", help="append this run's table to FILE (markdown)")
     a = ap.parse_args(argv)
     out = a.keep or tempfile.mkdtemp(prefix="bench-explore-")
     Path(out).mkdir(parents=True, exist_ok=True)
@@ -196,8 +199,26 @@ def main(argv=None):
     for r in ours:
         if "error" in r: continue
         print(f"{r['name']}: {r['wall_s']:.1f} s (bar 20 s; CPU {r['cpu_s']:.1f} s), peak {r['peak_rss_mib'] / 1024:.2f} GiB (bar 1.5 GiB)")
-    print(f"{'within' if ok else 'OUTSIDE'} the bars; load average at the end {os.getloadavg()[0]:.1f}; reports in {out}")
+    end = os.getloadavg()
+    print(f"{'within' if ok else 'OUTSIDE'} the bars; load average at the end {end[0]:.1f}; reports in {out}")
+    if a.md: _append_markdown(a.md, results, a.rows, load, end, ok)
     return 0 if ok else 1
+
+
+def _commit() -> str:
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return p.stdout.strip() or "unknown"
+
+
+def _append_markdown(path: str, results: list, rows: int, load: tuple, end: tuple, ok: bool):
+    "This run's table, as a markdown section appended to `path`."
+    head = (f"\n## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}\n\n"
+            f"{rows:,} rows × 20 columns, {os.cpu_count()} CPU(s); load average {load[0]:.1f} at the start, "
+            f"{end[0]:.1f} at the end. {'Within' if ok else 'OUTSIDE'} the bars (mlprod under 20 s and 1.5 GiB).\n\n"
+            "| contender | wall (s) | CPU (s) | peak RSS (MiB) |\n|---|---:|---:|---:|\n")
+    lines = [f"| {r['name']} | failed: {r['error']} | | |" if "error" in r else
+             f"| {r['name']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mib']:,.0f} |" for r in results]
+    with open(path, "a", encoding="utf-8") as f: f.write(head + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
