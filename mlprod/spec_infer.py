@@ -35,11 +35,24 @@ def _distinct_text(s: pd.Series) -> pd.Series:
     if v.dtype == object and pd.api.types.infer_dtype(v, skipna=True) != "string": v = v[v.map(type) == str]
     return pd.Series(pd.unique(v), dtype="string[pyarrow]")  # Arrow strips a million strings in milliseconds
 
+def _mostly_distinct_arrow(s: pd.Series):
+    "The Arrow array of a large column of Arrow strings that are mostly distinct (dates as text, IDs), else None."
+    if not (isinstance(s.dtype, pd.StringDtype) and s.dtype.storage == "pyarrow") or len(s) < 100_000: return None
+    import pyarrow as pa, pyarrow.compute as pc
+    a = pa.array(s.array)
+    return a if pc.count_distinct(a.slice(0, 10_000)).as_py() > 5_000 else None
+
 def text_placeholders(s: pd.Series) -> list:
     "The placeholder tokens of `PLACEHOLDERS` found in a text column, compared without surrounding spaces."
     if not _is_text(s): return []
-    stripped = _distinct_text(s).str.strip()
-    found = set(stripped[stripped.isin(PLACEHOLDERS).to_numpy(dtype=bool)])
+    a = _mostly_distinct_arrow(s)
+    if a is not None: # strip every value: hashing a million distinct strings first would take five times longer
+        import pyarrow as pa, pyarrow.compute as pc
+        t = pc.utf8_trim_whitespace(a)
+        found = set(pc.unique(pc.filter(t, pc.is_in(t, value_set=pa.array(PLACEHOLDERS)))).to_pylist())
+    else:
+        stripped = _distinct_text(s).str.strip()
+        found = set(stripped[stripped.isin(PLACEHOLDERS).to_numpy(dtype=bool)])
     return [t for t in PLACEHOLDERS if t in found]
 
 def numeric_sentinels(s: pd.Series) -> list:
@@ -72,6 +85,7 @@ def _normalize(s: pd.Series, tokens) -> pd.Series:
         return s.mask(hit) if hit.any() else s
     if isinstance(s.dtype, pd.CategoricalDtype): s = s.astype(object)
     text = {""} | {category_key(t) for t in tokens}
+    if _nothing_to_strip(s, text): return s
     u = _distinct_text(s)
     stripped = u.str.strip()
     token = stripped.isin(text).to_numpy(dtype=bool)
@@ -82,6 +96,14 @@ def _normalize(s: pd.Series, tokens) -> pd.Series:
     hit = _member(s, strip)
     if hit.any(): out[hit] = s[hit].map(strip)
     return out
+
+def _nothing_to_strip(s: pd.Series, text: set) -> bool:
+    "Whether a column of mostly distinct Arrow strings has no value among `text` and none to strip (else: look closer)."
+    a = _mostly_distinct_arrow(s)
+    if a is None: return False
+    import pyarrow as pa, pyarrow.compute as pc
+    t = pc.utf8_trim_whitespace(a)
+    return not (pc.any(pc.is_in(t, value_set=pa.array(sorted(text)))).as_py() or pc.any(pc.not_equal(t, a)).as_py())
 
 def _member(s: pd.Series, values) -> pd.Series:
     "Which cells are among `values` (text), also in a column holding lists."
