@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, UsageError
 
 # %% auto #0
 __all__ = ['DenseForward', 'compile_fast', 'conformal_quantile', 'base_width', 'target_bounds', 'IntervalCalculator',
@@ -111,7 +111,7 @@ class IntervalCalculator:
                   sigma=None, # σ of each row from a scale model that did not see it (cross-fitted)
                   method: str = "split_conformal"):
         "The conformal quantile of the normalised scores."
-        if not 0 < coverage < 1: raise DataError(f"coverage must be between 0 and 1, not {coverage}.", code="bad_coverage")
+        if not 0 < coverage < 1: raise UsageError(f"coverage must be between 0 and 1, not {coverage}.", code="bad_coverage")
         if sigma is None: sigma = np.ones(len(y)) if scale_model is None else scale_model.predict(X)
         sigma = np.maximum(np.asarray(sigma, np.float64), scale_floor if scale_model is not None else 0.0)
         scores = np.abs(np.asarray(y, np.float64) - np.asarray(pred, np.float64)) / sigma
