@@ -6,9 +6,14 @@
 `slim` removes what serving never loads:
 - every `tests/` folder of the installed libraries (~170 MB for numpy, scipy, pandas, scikit-learn, pyarrow):
   no library imports its own test suite (their helpers live in `testing`/`_testing`, which stay);
-- C/Cython headers and sources (`include/`, `*.pxd`, `*.pyx`, `*.h`, ...): only needed to compile against a library;
+- C/Cython headers and sources (`include/`, `*.pxd`, `*.pyx`, `*.h`, ...) and type stubs (`*.pyi`): only needed to
+  compile or type-check against a library;
 - pyarrow's Flight and S3 libraries (~55 MB): serving reads Parquet files; pyarrow loads these only when asked
   (`pyarrow.flight`, `pyarrow.fs.S3FileSystem`) and reports them as missing otherwise;
+- the symbol tables of the compiled libraries (`strip --strip-unneeded`, when binutils is installed, ~50 MB: pyarrow,
+  OpenBLAS and numpy ship theirs): the dynamic symbols that loading needs stay, only debuggers miss the rest;
+- copies of the same file (pyarrow's libarrow_python under three names, the Fortran runtime in both numpy.libs and
+  scipy.libs): hard links instead, which an image layer stores once;
 and compiles scikit-learn whole to `.pyc` (a pickled model may name any estimator): the image runs as a user who
 cannot write `.pyc` files, so whatever is not compiled here is compiled again at every start.
 
@@ -17,13 +22,15 @@ stack under it), which writes their `.pyc` files, checks the installed set (`pip
 setuptools and wheel: nothing is installed at run time.
 """
 import compileall
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 PYARROW_UNUSED = ("libarrow_flight.so*", "libarrow_python_flight.so*", "_flight.*.so", "libarrow_s3.so*", "_s3fs.*.so")
-SOURCES = ("*.pxd", "*.pyx", "*.pxi", "*.h", "*.hpp", "*.c", "*.cpp")
+SOURCES = ("*.pxd", "*.pyx", "*.pxi", "*.h", "*.hpp", "*.c", "*.cpp", "*.pyi")
 WARM_UP = """
 import mlprod.cli, mlprod.api, mlprod.bundle, mlprod.models, mlprod.transforms, mlprod.fastpath
 mlprod.cli.build_parser()
@@ -44,6 +51,35 @@ def remove(paths) -> None:
             p.unlink(missing_ok=True)
 
 
+def strip_libraries(site: Path) -> None:
+    "Remove the symbol tables of the shared libraries (binutils' strip; skipped when it is not installed)."
+    strip = shutil.which("strip")
+    if strip is None:
+        print("image_venv slim: no `strip` (binutils): shared libraries keep their symbol tables")
+        return
+    # Not the libraries auditwheel grafted into `<package>.libs/`: patchelf rewrote their headers, and strip turns
+    # those into files the loader refuses ("ELF load command address/offset not page-aligned", numpy's OpenBLAS).
+    libs = [str(p) for p in site.rglob("*.so*")
+            if p.is_file() and not p.is_symlink() and not p.parent.name.endswith(".libs")]
+    for i in range(0, len(libs), 200):
+        subprocess.run([strip, "--strip-unneeded", *libs[i:i + 200]], check=True)
+
+
+def link_duplicates(site: Path) -> None:
+    "Replace each further copy of a file (same size and bytes) by a hard link to the first."
+    seen = {}
+    for p in sorted(site.rglob("*")):
+        if not p.is_file() or p.is_symlink() or p.stat().st_size < 64 * 1024:
+            continue
+        key = (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        if key in seen:
+            tmp = p.with_name(p.name + ".link")
+            os.link(seen[key], tmp)
+            os.replace(tmp, p)
+        else:
+            seen[key] = p
+
+
 def slim(venv: Path) -> None:
     site = next(venv.glob("lib/python3*/site-packages"))
     remove(p for p in site.rglob("tests") if p.is_dir())
@@ -51,6 +87,8 @@ def slim(venv: Path) -> None:
     remove(p for pattern in SOURCES for p in site.rglob(pattern))
     remove(p for pattern in PYARROW_UNUSED for p in (site / "pyarrow").glob(pattern))
     remove(site.rglob("__pycache__"))
+    strip_libraries(site)
+    link_duplicates(site)
     compileall.compile_dir(site / "sklearn", quiet=1, workers=0)
 
 
