@@ -280,8 +280,9 @@ def test_image_reads_a_gs_bundle_from_the_emulator(image, container, trained_bun
     gcs.fs().put(str(trained_bundle), f"{bucket}/models/penguins.bundle", recursive=True)
     c = container(image, {"MLPROD_JWT_SECRET": SECRET, "MLPROD_BUNDLE": f"gs://{bucket}/models/penguins.bundle",
                           "STORAGE_EMULATOR_HOST": gcs.url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"})
-    answer, _ = c.first_prediction(a_record(trained_bundle), a_token())
+    answer, cold = c.first_prediction(a_record(trained_bundle), a_token())
     assert answer["success"] is True and answer["model"]["name"] == "penguins", answer
+    report(gs_cold_start_s=round(cold, 2))  # container start to the first prediction, the bundle read from gs://
 
 
 @pytest.mark.timeout(IMAGE_TEST_TIMEOUT)
