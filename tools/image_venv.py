@@ -21,13 +21,15 @@ What is left (measured 2026-12-01, podman, default EXTRAS): the image is 506 MB,
 largest parts are pyarrow (83 MB after the above), scipy with its OpenBLAS (96 MB), pandas (38 MB), scikit-learn
 (31 MB), numpy with its OpenBLAS (52 MB), gRPC (19 MB) and `.pyc` files (50 MB). Those `.pyc` files pay for
 themselves: importing the bundle, pandas, scikit-learn and gcsfs takes 2.4-2.5 s with them and 4.9-5.3 s without, so
-a gs:// bundle or the batch path would miss the 3 s cold start. Under 400 MB needs two decisions beyond this file
-(both measured on the branch image-lean-experiment: 397 MB, the image tests pass):
+a gs:// bundle or the batch path would miss the 3 s cold start. Under 400 MB needs decisions beyond this file
+(measured on the branch image-lean-experiment: 397 MB, the image tests pass):
 - pyarrow out of the serving image, fastparquet (with cramjam, ~6 MB) in: serving reads Parquet only for a bundle's
   lookup tables (when the spec loads), the docs' example and reference data, and pandas picks fastparquet when
-  pyarrow is absent; mlprod's requirements name pyarrow, so settings.ini would move it out of the core set;
-- gcsfs <= 2026.3 (fsspec pinned to match): from 2026.5 gcsfs imports google-cloud-storage's gRPC client when it
-  is imported, so gRPC cannot be left out of the image with the gcsfs in constraints.txt.
+  pyarrow is absent (the lookup maps built from both readers were identical on a table with missing keys, NaN,
+  nullable integers and booleans); mlprod's requirements name pyarrow, so settings.ini would move it out of the core;
+- gcsfs 2025.9 with fsspec 2025.9 (constraints.txt has 2026.10 and 2026.9): from 2025.10 gcsfs requires
+  google-cloud-storage-control (gRPC), and from 2026.5 it imports google-cloud-storage's gRPC client on import;
+- scikit-learn compiled through the estimators mlprod pickles instead of whole (4.8 MB of `.pyc` instead of 8.5).
 
 `warm` imports what a request touches (the CLI that starts the server, the API, bundle loading and the numeric
 stack under it), which writes their `.pyc` files, checks the installed set (`pip check`) and removes pip,
