@@ -27,8 +27,9 @@ a gs:// bundle or the batch path would miss the 3 s cold start. Under 400 MB nee
   lookup tables (when the spec loads), the docs' example and reference data, and pandas picks fastparquet when
   pyarrow is absent (the lookup maps built from both readers were identical on a table with missing keys, NaN,
   nullable integers and booleans); mlprod's requirements name pyarrow, so settings.ini would move it out of the core;
-- gcsfs 2025.9 with fsspec 2025.9 (constraints.txt has 2026.10 and 2026.9): from 2025.10 gcsfs requires
-  google-cloud-storage-control (gRPC), and from 2026.5 it imports google-cloud-storage's gRPC client on import;
+- gcsfs 2025.9 with fsspec 2025.9 (constraints.txt has 2026.10 and 2026.9): later gcsfs requires
+  google-cloud-storage-control, hence gRPC (2025.12 does; 2025.10 not checked), and from 2026.5 on it imports
+  google-cloud-storage's gRPC client when it is imported, so gRPC cannot simply be removed after installing;
 - scikit-learn compiled through the estimators mlprod pickles instead of whole (4.8 MB of `.pyc` instead of 8.5).
 
 `warm` imports what a request touches (the CLI that starts the server, the API, bundle loading and the numeric
