@@ -29,7 +29,8 @@ a gs:// bundle or the batch path would miss the 3 s cold start. Under 400 MB nee
   nullable integers and booleans); mlprod's requirements name pyarrow, so settings.ini would move it out of the core;
 - gcsfs 2025.9 with fsspec 2025.9 (constraints.txt has 2026.10 and 2026.9): later gcsfs requires
   google-cloud-storage-control, hence gRPC (2025.12 does; 2025.10 not checked), and from 2026.5 on it imports
-  google-cloud-storage's gRPC client when it is imported, so gRPC cannot simply be removed after installing;
+  google-cloud-storage's gRPC client when it is imported, so gRPC cannot simply be removed after installing (with
+  both at 2025.9 the tests of bundle_remote, data, registry, imports, predict, faults and serving passed);
 - scikit-learn compiled through the estimators mlprod pickles instead of whole (4.8 MB of `.pyc` instead of 8.5).
 
 `warm` imports what a request touches (the CLI that starts the server, the API, bundle loading and the numeric
