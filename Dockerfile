@@ -18,6 +18,8 @@ ARG PIP_CERT=
 ARG EXTRAS=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
+# binutils' strip, for the build stage only: image_venv.py slim strips the libraries' symbol tables (~45 MB).
+RUN apt-get update && apt-get install -y --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
 # 1. The dependencies, in a layer of their own that changes only with settings.ini or constraints.txt: pip installs
 #    them for a placeholder package, replaced by mlprod's wheel below. With them gcsfs, so that MLPROD_BUNDLE may
 #    be a gs:// URL (~55 MB; the whole `gcp` extra adds the Vertex AI SDK, ~250 MB more, so it is a variant).

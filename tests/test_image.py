@@ -37,6 +37,12 @@ REPORT = ROOT / "reports" / "image.json"
 # average of 17 on 2 cores (base 186 s, build 192 s); the build alone 141 s in an earlier run with the base cached.
 # A test that has not finished in 20 minutes has hung; the whole module took 8.3 min at that load.
 IMAGE_TEST_TIMEOUT = 1200
+# Issue 14's targets for the default image (scikit-learn, gs:// bundles): container start to the first prediction
+# under 3 s (asserted on the median of three cold starts: 0.82-1.0 s here, so a noisy machine has room), and the
+# image under 400 MB (recorded beside its size in reports/image.json, not asserted: 506 MB on 2026-12-01, see
+# tools/image_venv.py for what is left in it).
+COLD_START_TARGET_S = 3.0
+SIZE_TARGET_MB = 400
 MISSING = [t for t in ("podman", "debootstrap") if not shutil.which(t)]
 pytestmark = [
     pytest.mark.skipif(bool(MISSING), reason=f"{' and '.join(MISSING)} not installed: `bash .ci/run` installs them "
@@ -150,7 +156,9 @@ def image(podman):
     if old and old != new:
         podman("rmi", old, check=False)
     size = int(podman("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
-    report(image=IMAGE, size_mb=round(size / 1e6), build_s=round(build_s, 1), base_s=round(base_s, 1))
+    base = int(podman("image", "inspect", "--format", "{{.Size}}", BASE).stdout)
+    report(image=IMAGE, size_mb=round(size / 1e6), size_target_mb=SIZE_TARGET_MB, base_mb=round(base / 1e6),
+           build_s=round(build_s, 1), base_s=round(base_s, 1))
     return IMAGE
 
 
@@ -255,7 +263,8 @@ def test_image_serves_a_mounted_bundle_with_a_token_and_stops_gracefully(image, 
         colds.append(round(cold, 2))
         if len(colds) < 3:
             c.stop()
-    report(cold_start_s=sorted(colds))
+    report(cold_start_s=sorted(colds), cold_start_target_s=COLD_START_TARGET_S)
+    assert sorted(colds)[1] < COLD_START_TARGET_S, f"cold start to the first prediction: {sorted(colds)} s"
     # the token is checked: none is 401 missing_token
     r = requests.post(f"{c.url}/v1/predict", json=a_record(trained_bundle), timeout=5)
     assert (r.status_code, r.json()["code"]) == (401, "missing_token")
@@ -271,8 +280,9 @@ def test_image_reads_a_gs_bundle_from_the_emulator(image, container, trained_bun
     gcs.fs().put(str(trained_bundle), f"{bucket}/models/penguins.bundle", recursive=True)
     c = container(image, {"MLPROD_JWT_SECRET": SECRET, "MLPROD_BUNDLE": f"gs://{bucket}/models/penguins.bundle",
                           "STORAGE_EMULATOR_HOST": gcs.url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"})
-    answer, _ = c.first_prediction(a_record(trained_bundle), a_token())
+    answer, cold = c.first_prediction(a_record(trained_bundle), a_token())
     assert answer["success"] is True and answer["model"]["name"] == "penguins", answer
+    report(gs_cold_start_s=round(cold, 2))  # container start to the first prediction, the bundle read from gs://
 
 
 @pytest.mark.timeout(IMAGE_TEST_TIMEOUT)
