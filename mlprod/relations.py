@@ -80,11 +80,7 @@ def _corner_grid(data: pd.DataFrame, hue: np.ndarray | None, order: list, palett
     "seaborn's corner `pairplot` in matplotlib: a step histogram per column (per hue), a scatter per pair."
     k = data.shape[1]
     fig = _pyplot().figure(figsize=(height * k, height * k))
-    grid, axes = fig.add_gridspec(k, k), np.empty((k, k), dtype=object)
-    for i in range(k): # the lower triangle only (an axes costs more to make than the points it shows)
-        for j in range(i + 1): # x shared down a column, y along a row, tick labels on the outer axes, as `subplots` does
-            axes[i, j] = fig.add_subplot(grid[i, j], sharex=axes[j, j], sharey=axes[i, 0] if j else None)
-            axes[i, j].tick_params(labelbottom=i == k - 1, labelleft=j == 0)
+    axes = fig.subplots(k, k, sharex="col", sharey="row", squeeze=False)
     if hue is None: groups, colors = [(np.ones(len(data), bool), _ACCENT)], _ACCENT
     else:
         codes = pd.Categorical(hue, categories=order).codes
@@ -92,6 +88,7 @@ def _corner_grid(data: pd.DataFrame, hue: np.ndarray | None, order: list, palett
         colors = np.array([*palette, (0.5, 0.5, 0.5)])[codes] # a point without a hue value in grey
     v = data.to_numpy(dtype=float)
     for i in range(k):
+        for j in range(i + 1, k): axes[i, j].remove()
         for j in range(i): axes[i, j].scatter(v[:, j], v[:, i], c=colors, s=7, alpha=0.45, linewidths=0)
         diag = axes[i, i]
         diag.yaxis.set_visible(False); diag.spines["left"].set_visible(False)
