@@ -57,19 +57,8 @@ _STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": Tru
 _ACCENT, _WARN = "#1f77b4", "#d95f02"
 
 def _mpl():
-    "matplotlib, imported on first use (seaborn is not needed: importing it and scipy would take longer than a plot)."
-    return require("matplotlib", "train")
-
-# seaborn's diverging "vlag" colormap, from 17 of its colours (within 3/256 of the original everywhere)
-_VLAG = ("#2369bd #4a7bbc #678bbe #829cc3 #9baecb #b5c0d4 #cfd4e0 #e9e9ed #faf5f4 #f3e2e0 #e7c8c6 #ddafad #d39794 "
-         "#c97f7d #bf6765 #b44f4f #a9373b").split()
-
-def _palette(name: str, n: int) -> list:
-    "`n` colours as seaborn's `color_palette(name, n)` gives them: a qualitative map's first, cycled; else sampled."
-    cmap = _mpl().colormaps[name]
-    if hasattr(cmap, "colors") and len(cmap.colors) <= 20: # qualitative (tab10...)
-        return [tuple(cmap.colors[i % len(cmap.colors)][:3]) for i in range(n)]
-    return [tuple(c[:3]) for c in cmap(np.linspace(0, 1, n + 2)[1:-1])]
+    "matplotlib and seaborn, imported on first use."
+    return require("matplotlib", "train"), require("seaborn", "train")
 
 def _pyplot(): return require("matplotlib.pyplot", "train")
 
@@ -87,7 +76,7 @@ def _plot(fn):
 
 def _figure(w: float, h: float, title: str, note: str | None = None, **kw):
     "A figure with a title and an optional sample note at the bottom right."
-    mpl = _mpl()
+    mpl, _ = _mpl()
     with mpl.rc_context(_STYLE):
         fig = _pyplot().figure(figsize=(w, h), layout="constrained", **kw)
         fig.suptitle(title)
@@ -95,7 +84,7 @@ def _figure(w: float, h: float, title: str, note: str | None = None, **kw):
     return fig
 
 def _subplots(fig, nrows=1, ncols=1, **kw):
-    mpl = _mpl()
+    mpl, _ = _mpl()
     with mpl.rc_context(_STYLE): return fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 @_plot

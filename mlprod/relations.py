@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -13,37 +14,12 @@ import pandas as pd
 from .errors import UsageError
 from .spec import FeatureSpec
 from .signals import _as_datetime, _as_float, _labels
-from .spec_infer import count_distinct
 from .profile import NUMERIC_KINDS, Profile, sample_rows, _fmt
-from .plots import (axis_label, message_figure, sample_note, unit_of, _ACCENT, _STYLE, _VLAG, _WARN, _context,
-                          _far_range, _figure, _mpl, _palette, _plot, _pyplot, _ranked, _subplots, _total, _usable)
+from .plots import (axis_label, message_figure, sample_note, unit_of, _ACCENT, _STYLE, _WARN, _context, _far_range,
+                          _figure, _mpl, _plot, _ranked, _subplots, _total, _usable)
 
 # %% auto #0
 __all__ = ['plot_correlation', 'plot_pairplot', 'plot_feature_target', 'plot_location']
-
-# %% ../nbs/03b_relations.ipynb #178a14ad
-def _luminance(rgb) -> float:
-    "The relative luminance (WCAG) of an RGB colour."
-    c = np.asarray(rgb, dtype=float)
-    return float(np.where(c <= 0.03928, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ [0.2126, 0.7152, 0.0722])
-
-def _heatmap(ax, corr: pd.DataFrame, annotate: bool):
-    "A correlation matrix drawn as seaborn's `heatmap` draws it: vlag colours, white cell borders, labels at the cells."
-    from matplotlib.colors import LinearSegmentedColormap, to_rgb
-    cmap = LinearSegmentedColormap.from_list("vlag", _VLAG)
-    k, v = len(corr), corr.to_numpy()
-    mesh = ax.pcolormesh(np.ma.masked_invalid(v), cmap=cmap, vmin=-1, vmax=1, edgecolors="white", linewidth=0.5)
-    ax.set_xlim(0, k); ax.set_ylim(k, 0); ax.set_aspect("equal"); ax.grid(False)
-    for side in ax.spines.values(): side.set_visible(False)
-    ax.tick_params(length=0)
-    ax.set_xticks(np.arange(k) + 0.5, [str(c) for c in corr.columns])
-    ax.set_yticks(np.arange(k) + 0.5, [str(c) for c in corr.index], va="center")
-    if annotate: # dark text on light cells, white on dark ones (seaborn's rule: relative luminance above 0.408)
-        for (i, j), x in np.ndenumerate(v):
-            if np.isfinite(x):
-                ax.text(j + 0.5, i + 0.5, f"{x:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if _luminance(to_rgb(cmap((x + 1) / 2))) > 0.408 else "white")
-    return mesh
 
 # %% ../nbs/03b_relations.ipynb #5348c4b7
 @_plot
@@ -51,6 +27,7 @@ def plot_correlation(df: pd.DataFrame, target: str | None = None, spec: FeatureS
                      profile: Profile | None = None, columns: list | None = None, max_columns: int = 20,
                      sample: int = 50_000):
     "Pearson and Spearman correlation matrices side by side, as heatmaps."
+    _, sns = _mpl()
     task, kinds, spec = _context(df, target, spec, profile)
     cols = columns or _ranked(_usable(df, target, spec, profile, kinds, NUMERIC_KINDS + ("boolean",)),
                               df, target, task, kinds, profile)[:max_columns - 1]
@@ -68,42 +45,14 @@ def plot_correlation(df: pd.DataFrame, target: str | None = None, spec: FeatureS
     axes = _subplots(fig, 1, 2)[0]
     for i, (ax, method, what) in enumerate(zip(axes, ("pearson", "spearman"), ("linear", "rank"))):
         corr = num.corr(method=method, min_periods=3)
-        mesh = _heatmap(ax, corr, annotate=k <= 12)
-        if i == 1: fig.colorbar(mesh, ax=ax, label="correlation coefficient", shrink=0.8).outline.set_visible(False)
+        with warnings.catch_warnings(): # seaborn 0.13 calls a colormap method matplotlib 3.11 plans to deprecate
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            sns.heatmap(corr, ax=ax, vmin=-1, vmax=1, center=0, cmap="vlag", square=True, annot=k <= 12, fmt=".2f",
+                        annot_kws={"fontsize": 8}, linewidths=0.5, cbar=i == 1,
+                        cbar_kws={"label": "correlation coefficient", "shrink": 0.8})
         ax.set_title(f"{method.title()} ({what})")
         ax.set_xlabel(""); ax.set_ylabel("")
         ax.tick_params(axis="x", labelrotation=90)
-    return fig
-
-# %% ../nbs/03b_relations.ipynb #04c6e3d1
-def _corner_grid(data: pd.DataFrame, hue: np.ndarray | None, order: list, palette: list, height: float = 2.1):
-    "seaborn's corner `pairplot` in matplotlib: a step histogram per column (per hue), a scatter per pair."
-    k = data.shape[1]
-    fig = _pyplot().figure(figsize=(height * k, height * k))
-    axes = fig.subplots(k, k, sharex="col", sharey="row", squeeze=False)
-    if hue is None: groups, colors = [(np.ones(len(data), bool), _ACCENT)], _ACCENT
-    else:
-        codes = pd.Categorical(hue, categories=order).codes
-        groups = [(codes == g, col) for g, col in enumerate(palette)]
-        colors = np.array([*palette, (0.5, 0.5, 0.5)])[codes] # a point without a hue value in grey
-    v = data.to_numpy(dtype=float)
-    for i in range(k):
-        for j in range(i + 1, k): axes[i, j].remove()
-        for j in range(i): axes[i, j].scatter(v[:, j], v[:, i], c=colors, s=7, alpha=0.45, linewidths=0)
-        diag = axes[i, i]
-        diag.yaxis.set_visible(False); diag.spines["left"].set_visible(False)
-        counts_ax = diag.twinx() # the counts have their own scale, as with diag_sharey=False
-        counts_ax.set_axis_off()
-        ok = np.isfinite(v[:, i])
-        if not ok.any(): continue
-        edges = np.histogram_bin_edges(v[ok, i], 30)
-        for rows, col in groups[::-1]: # the first group drawn last, on top, as seaborn layers them
-            counts, _ = np.histogram(v[ok & rows, i], edges)
-            counts_ax.stairs(counts, edges, fill=True, color=col, alpha=0.25, linewidth=0)
-            counts_ax.stairs(counts, edges, color=col, linewidth=1)
-        counts_ax.set_ylim(bottom=0)
-        axes[i, 0].set_ylabel(data.columns[i])
-    for j in range(k): axes[-1, j].set_xlabel(data.columns[j])
     return fig
 
 # %% ../nbs/03b_relations.ipynb #05f86ece
@@ -126,13 +75,13 @@ def _hue(y: pd.Series, task: str | None, max_classes: int = 8) -> tuple:
 def plot_pairplot(df: pd.DataFrame, target: str | None = None, spec: FeatureSpec | None = None, *,
                   profile: Profile | None = None, columns: list | None = None, max_columns: int = 5,
                   sample: int = 5_000, units: dict | None = None):
-    "A pairplot of the most informative numeric columns, coloured by the target class or target quartiles."
-    mpl = _mpl()
+    "seaborn pairplot of the most informative numeric columns, coloured by the target class or target quartiles."
+    mpl, sns = _mpl()
     task, kinds, spec = _context(df, target, spec, profile)
     skip = ("empty", "constant", "id_like", "duplicate", "leak") # a leak would push the real features out
     cols = columns or _ranked(_usable(df, target, spec, profile, kinds, NUMERIC_KINDS, skip), df, target, task, kinds, profile)
     if columns is None: # a column of a few codes (a year, a count of rooms) makes stripes, not a scatter
-        cols = [c for c in cols if kinds.get(c) != "integer" or count_distinct(df[c]) > 7][:max_columns]
+        cols = [c for c in cols if kinds.get(c) != "integer" or df[c].nunique() > 7][:max_columns]
     if target is not None and df[target].notna().sum() == 0: target = task = None # nothing to colour by or rank with
     smp = sample_rows(df, sample, target, task)
     if target is not None: smp = smp[smp[target].notna()]
@@ -146,18 +95,27 @@ def plot_pairplot(df: pd.DataFrame, target: str | None = None, spec: FeatureSpec
         trim = _far_range(data[c].dropna().to_numpy())
         if trim is not None: data.loc[(data[c] < trim[0]) | (data[c] > trim[1]), c], trimmed = np.nan, trimmed + trim[2]
     hue, order, how = _hue(smp[target], task) if target is not None else (None, [], "")
-    palette = _palette("viridis" if how == "quartiles" else "tab10", len(order)) if hue is not None else []
-    if hue is not None: title += f", coloured by {target}" + (" quartiles" if how == "quartiles" else "")
+    kw = {}
+    if hue is not None:
+        name = f"{target} ({how})"
+        data[name] = hue.to_numpy()
+        kw = dict(hue=name, hue_order=order, palette="viridis" if how == "quartiles" else "tab10")
+        title += f", coloured by {target}" + (" quartiles" if how == "quartiles" else "")
     with mpl.rc_context(_STYLE | {"axes.grid": False}):
-        fig = _corner_grid(data, None if hue is None else hue.to_numpy(), order, palette)
+        # seaborn's PairGrid, mapped as `pairplot` does, with a legend of our own: `pairplot` draws the whole figure
+        # once more only to measure its legend
+        g = sns.PairGrid(data, vars=list(data.columns[:len(cols)]), corner=True, height=2.1, diag_sharey=False, **kw)
+        g.map_diag(sns.histplot, bins=30, element="step", legend=False)
+        g.map_lower(sns.scatterplot, s=7, alpha=0.45, linewidth=0, legend=False)
+        fig = g.figure
         fig.suptitle(title, y=1.0)
         note = "; ".join(n for n in (sample_note(len(smp), _total(df, profile)),
                                      f"{trimmed:,} far outliers (beyond 3 × IQR) left out" if trimmed else None) if n)
         if note: fig.text(0.99, 0.005, note, ha="right", va="bottom", fontsize=9, color="dimgray")
         if hue is not None:
             from matplotlib.lines import Line2D
-            marks = [Line2D([], [], marker="o", ls="", ms=6, color=c) for c in palette]
-            fig.legend(marks, order, title=f"{target} ({how})", loc="upper right", bbox_to_anchor=(0.98, 0.93), frameon=False)
+            marks = [Line2D([], [], marker="o", ls="", ms=6, color=c) for c in sns.color_palette(kw["palette"], len(order))]
+            fig.legend(marks, order, title=kw["hue"], loc="upper right", bbox_to_anchor=(0.98, 0.93), frameon=False)
         fig.tight_layout(rect=(0, 0.02, 1, 0.98))
     return fig
 
@@ -211,7 +169,8 @@ def _panel_category_class(ax, labels, y, classes, top: int = 10):
     tab = pd.crosstab(labels[labels.isin(keep)], pd.Series(y, index=labels.index)[labels.isin(keep)], normalize="index")
     tab = tab.reindex(index=keep[::-1], columns=[c for c in classes if c in tab.columns], fill_value=0)
     left = np.zeros(len(tab))
-    colors = _palette("tab10", len(classes))
+    _, sns = _mpl()
+    colors = sns.color_palette("tab10", len(classes))
     for j, c in enumerate(tab.columns):
         ax.barh([str(k)[:18] for k in tab.index], tab[c].values * 100, left=left, color=colors[classes.index(c)], label=str(c))
         left += tab[c].values * 100
@@ -290,6 +249,7 @@ def plot_location(df: pd.DataFrame, target: str | None = None, spec: FeatureSpec
                   profile: Profile | None = None, lat: str | None = None, lon: str | None = None,
                   sample: int = 20_000, units: dict | None = None):
     "A latitude/longitude scatter coloured by the target (one panel per location pair of the spec)."
+    mpl, sns = _mpl()
     task, kinds, spec = _context(df, target, spec, profile)
     pairs = [(lat, lon)] if lat and lon else [(l.lat, l.lon) for l in (spec.location if spec is not None else [])][:3]
     if not pairs: raise UsageError("No location to plot: the spec pairs no latitude with a longitude; pass lat= and lon=.")
@@ -314,7 +274,7 @@ def plot_location(df: pd.DataFrame, target: str | None = None, spec: FeatureSpec
         else:
             lab = _labels(smp[target])
             classes = list(lab.value_counts().index[:8])
-            colors = _palette("tab10", len(classes))
+            colors = sns.color_palette("tab10", len(classes))
             for k, col in zip(classes, colors):
                 m = ok & (lab == k).to_numpy()
                 ax.scatter(x_[m], y_[m], s=6, alpha=0.6, color=col, label=str(k), linewidths=0)
