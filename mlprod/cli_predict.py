@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from .cli import command, _check_new_file
-from .errors import DataError, UsageError
+from .errors import DataError, MlprodError, UsageError
 
 # %% auto #0
 __all__ = ['predict']
@@ -94,9 +94,25 @@ def _predict_spark(args, fmt: str, errors: str) -> int:
     from mlprod.bundle import is_remote
     session = S.spark_session(args.master)
     bundle = args.bundle if is_remote(args.bundle) else os.path.abspath(args.bundle) # the executors read it too
-    preds, errs = S.score(S.read_table(session, args.data), bundle)
-    S.write_table(preds, args.output, force=args.force)
-    if errs.limit(1).count(): S.write_table(errs, errors, force=args.force)
-    else: _remove(errors)
-    refused = preds.where(preds["prediction_error_code"].isNotNull()).count()
-    return _outcome(preds.count(), refused, args.output, errors, args.allow_partial, S._cached_bundle(bundle).name)
+    try:
+        preds, errs = S.score(S.read_table(session, args.data), bundle)
+        S.write_table(preds, args.output, force=args.force)
+        if errs.limit(1).count(): S.write_table(errs, errors, force=args.force)
+        else: _remove(errors)
+        refused = preds.where(preds["prediction_error_code"].isNotNull()).count()
+        rows = preds.count()
+    except Exception as e:
+        if type(e).__name__ != "Py4JJavaError": raise
+        raise _spark_failure(str(e)) from None
+    return _outcome(rows, refused, args.output, errors, args.allow_partial, S._cached_bundle(bundle).name)
+
+def _spark_failure(text: str) -> MlprodError:
+    "A failed Spark job as one readable line: the JVM's reason, not its stack trace; for a full heap, what to do."
+    import re
+    oom = re.search(r"java\.lang\.OutOfMemoryError: [^\n]*?(?= at |\n|$)", text)
+    if oom:
+        return MlprodError(f"Spark ran out of memory ({oom.group(0)}). Give the driver more, e.g. "
+                           "PYSPARK_SUBMIT_ARGS='--driver-memory 4g pyspark-shell' with a local master, "
+                           "or spark.driver.memory / spark.executor.memory on a cluster.", code="spark_failed")
+    reason = " ".join(text.split())[:300]
+    return MlprodError(f"The Spark job failed: {reason} (Spark's log has the rest).", code="spark_failed")

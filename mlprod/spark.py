@@ -197,7 +197,9 @@ def score(sdf, # the rows to score: the raw input columns, as read from CSV or P
     features = [c for c in sdf.columns if c in bundle.spec.features]
     schema = _scored_schema(bundle.spec)
     both = with_row_index(sdf).select("index", *features).mapInPandas(_score_batches(str(bundle_uri), schema.names), schema)
-    both = both.persist(StorageLevel.MEMORY_AND_DISK)
+    # on disk only: the write reads each scored partition once, as a stream; a memory-and-disk cache reads a spilled
+    # partition back whole into the JVM's heap (10M rows overflowed local mode's default 1 GiB)
+    both = both.persist(StorageLevel.DISK_ONLY)
     both.count() # scored here, by every partition in parallel: a single-file write after this only reads the cache
     preds = both.where(F.col("_kind") == "row").select("index", *prediction_columns(bundle.spec), *ROW_ERROR_COLUMNS)
     errors = both.where(F.col("_kind") == "error").select(*ERROR_COLUMNS)
